@@ -1,0 +1,211 @@
+"""Typed stage configs: dataclasses loaded from YAML, every key overridable as `key.sub=value`.
+
+A stage declares its config as a (nested) dataclass. `load_config` reads a YAML file (either a flat
+stage file or a recipe with one section per stage), applies command-line overrides, checks every key
+and type, and returns the dataclass. An unknown or mistyped key is an error that names the key and
+suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from vlm_rlaif.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    section: str | None = None,
+) -> T:
+    """Build `cls` from YAML at `path` (optional) plus `overrides` ("a.b=value" strings).
+
+    If the YAML's top level has a mapping under `section` (a recipe file holding several stages), only
+    that mapping is used.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a YAML mapping")
+        if section and isinstance(loaded.get(section), dict):
+            loaded = loaded[section]
+        data = loaded
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(data, key, value)
+    return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: dict, *, where: str = "config", prefix: str = "") -> T:
+    """Validate `data` against dataclass `cls` (recursively), coercing scalar types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or cls.__name__}' must be a mapping")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            full = prefix + str(key)
+            valid = [prefix + name for name in fields]
+            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{where}: unknown key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, where=where, key=prefix + key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, *, where: str, key: str) -> Any:
+    origin = get_origin(tp)
+    fail = ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where=where, key=key)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        choices = ", ".join(repr(a) for a in get_args(tp))
+        raise ConfigError(f"{where}: key '{key}' must be one of {choices}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where=where, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise fail
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_coerce(item_tp, v, where=where, key=f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise fail
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise fail
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-safe dict of a config dataclass (Paths as strings)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_config_arguments(parser, *, required: bool = False) -> None:
+    """The CLI arguments every stage shares: --config FILE, overrides, --overwrite."""
+    parser.add_argument("--config", "-c", type=Path, required=required, help="YAML config or recipe")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=1e-4"
+    )
+
+
+__all__ = [
+    "add_config_arguments",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+]
+

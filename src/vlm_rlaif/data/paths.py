@@ -1,0 +1,30 @@
+"""Resolving the video paths that records hold against a configured video root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm_rlaif.errors import RecordError
+
+
+def resolve_under(root: str | Path, relative: str, *, where: str = "") -> Path:
+    """Resolve `relative` against `root`, refusing any path that escapes the root.
+
+    Absolute paths and `..` components are allowed only if the result stays inside the root; symlinks
+    are resolved first so a link cannot be used to escape either.
+    """
+    root_path = Path(root).resolve()
+    candidate = (root_path / relative).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        prefix = f"{where}: " if where else ""
+        raise RecordError(f"{prefix}path {relative!r} escapes the video root {str(root_path)!r}")
+    return candidate
+
+
+def resolve_video_source(
+    root: str | Path, source: str | list[str], *, where: str = ""
+) -> Path | list[Path]:
+    """A record's `video` (one path) or `images` (frame paths), resolved under the root."""
+    if isinstance(source, list):
+        return [resolve_under(root, s, where=where) for s in source]
+    return resolve_under(root, source, where=where)
