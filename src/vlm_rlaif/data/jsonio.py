@@ -74,12 +74,22 @@ def iter_raw(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, d
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         items: Iterable[tuple[int, object]] = _iter_json_array(path, text)
+    elif path.suffix == ".json" and _is_single_json_value(text):
+        raise RecordError(f"{path}:1: expected a JSON array of records (or JSON Lines)")
     else:
         items = _iter_jsonl(path, text, repair=repair)
     for line, obj in items:
         if not isinstance(obj, dict):
             raise RecordError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
         yield line, obj
+
+
+def _is_single_json_value(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _iter_jsonl(path: Path, text: str, *, repair: bool) -> Iterator[tuple[int, object]]:

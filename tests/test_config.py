@@ -1,0 +1,86 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from vlm_rlaif.config import load_config, save_config, to_dict
+from vlm_rlaif.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.0
+
+
+@dataclass
+class Stage:
+    output_dir: Path = Path("runs/x")
+    epochs: int = 1
+    seed: int = 0
+    use_lora: bool = True
+    optim: Optim = field(default_factory=Optim)
+    files: list[str] = field(default_factory=list)
+    note: str | None = None
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 2\noptim:\n  lr: 2.0e-5\nfiles: [a.json, b.json]\n")
+    cfg = load_config(Stage, cfg_file, ["optim.schedule=constant", "optim.lr=1e-4", "note=hi"])
+    assert cfg.epochs == 2
+    assert cfg.optim.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string: coerced
+    assert cfg.optim.schedule == "constant"
+    assert cfg.files == ["a.json", "b.json"]
+    assert cfg.note == "hi"
+    assert isinstance(cfg.output_dir, Path)
+
+
+def test_recipe_section_is_selected(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("sft:\n  epochs: 3\nrm:\n  epochs: 5\n")
+    assert load_config(Stage, recipe, section="sft").epochs == 3
+    assert load_config(Stage, recipe, section="rm").epochs == 5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+        ("epoch=3", "unknown key 'epoch'; did you mean 'epochs'?"),
+        ("optim.schedule=linear", "key 'optim.schedule' must be one of 'cosine', 'constant'"),
+        ("epochs=two", "key 'epochs' expects int"),
+        ("use_lora=maybe", "key 'use_lora' expects bool"),
+        ("optim=3", "'optim' must be a mapping"),
+        ("noequals", "is not of the form key.sub=value"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, None, [override])
+    assert message in str(err.value)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim:\n  warmup_ration: 0.03\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, cfg_file)
+    assert str(cfg_file) in str(err.value)
+    assert "did you mean 'optim.warmup_ratio'" in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Stage, Path("/nonexistent/c.yaml"))
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config(Stage, None, ["epochs=4", "optim.lr=3e-5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(Stage, tmp_path / "config.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(cfg)
