@@ -11,7 +11,7 @@ scriptable per request:
   until the client gives up), "garbage" (200 with a non-JSON body), "drop" (close the connection
   without a response).
 - `requests`: every request body received, faulted or not, in arrival order; `headers` the matching
-  request headers; `max_in_flight`: the most requests handled at the same moment.
+  request headers (names lower-cased); `max_in_flight`: the most requests handled at the same moment.
 
 Use it as a context manager or through the `fake_openai_server` pytest fixture.
 """
@@ -110,7 +110,8 @@ class FakeOpenAIServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll interval keeps stop() fast: shutdown() waits for the serve loop's next poll.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 
@@ -207,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             self._send_json(400, {"error": {"message": "body is not JSON", "type": "invalid_request"}})
             return
-        fault = self.fake._admit(body, dict(self.headers.items()))
+        fault = self.fake._admit(body, {name.lower(): value for name, value in self.headers.items()})
         try:
             self._answer(body, fault)
         finally:
