@@ -130,7 +130,11 @@ def test_bad_request_fails_that_request_only_without_retry(fake_openai_server):
     fake_openai_server.fault_for = lambda request: "400" if user_text(request) == "bad" else None
     with make_client(fake_openai_server) as client:
         results = client.complete([ask("a"), ask("bad"), ask("c")])
+        stats = client.stats.as_dict()
     assert [r.ok for r in results] == [True, False, True]
+    assert stats["failed_requests"] == 1 and stats["http_requests"] == 3 and stats["retries"] == 0
+    # Token counts come from the server's usage of the two replies it sent.
+    assert stats["completion_tokens"] == sum(r.usage["completion_tokens"] for r in results if r.ok) == 4
     assert "HTTP 400" in results[1].error
     assert len(fake_openai_server.requests) == 3  # the bad one was sent once
 
@@ -157,7 +161,8 @@ def test_dead_endpoint_keeps_finished_results_and_cache_resumes(fake_openai_serv
     message = str(caught.value)
     assert fake_openai_server.url in message and "HTTP 500" in message and "after 3 attempts" in message
     results = caught.value.results
-    assert [r.text if r else None for r in results] == ["echo: q0", "echo: q1", "echo: q2", None, None, None]
+    texts = [r.text if r else None for r in results]
+    assert texts == ["echo: q0", "echo: q1", "echo: q2", None, None, None]
     sent = [user_text(r) for r in fake_openai_server.requests]
     assert sent == ["q0", "q1", "q2", "q3", "q3", "q3"]
 
@@ -269,15 +274,20 @@ def test_invalid_then_valid_reply_is_parsed_and_cached(fake_openai_server, tmp_p
 
 
 def test_request_fields_logprobs_and_server_metadata(tmp_path):
-    reply = FakeReply(text="A because", top_logprobs=[{"A": -0.1, " B": -2.4, "B": -3.0}, {" because": -0.5}])
-    with FakeOpenAIServer(lambda request: reply, served_model="judge-2026-01-15", system_fingerprint="fp_42") as server:
+    reply = FakeReply(
+        text="A because", top_logprobs=[{"A": -0.1, " B": -2.4, "B": -3.0}, {" because": -0.5}]
+    )
+    server = FakeOpenAIServer(
+        lambda request: reply, served_model="judge-2026-01-15", system_fingerprint="fp_42"
+    )
+    with server:
         with make_client(server) as client:
             [result] = client.complete(
                 [ask("q", temperature=0.7, max_tokens=16, top_logprobs=3, seed=7, extra={"top_p": 0.9})]
             )
         sent = server.requests[0]
     assert sent["model"] == "judge-model"
-    assert sent["temperature"] == 0.7 and sent["max_tokens"] == 16 and sent["seed"] == 7 and sent["top_p"] == 0.9
+    assert (sent["temperature"], sent["max_tokens"], sent["seed"], sent["top_p"]) == (0.7, 16, 7, 0.9)
     assert sent["logprobs"] is True and sent["top_logprobs"] == 3
     assert result.model == "judge-2026-01-15" and result.system_fingerprint == "fp_42"
     assert result.finish_reason == "stop"
@@ -313,7 +323,8 @@ def test_frames_become_jpeg_image_parts_the_server_receives(fake_openai_server):
         assert image.format == "JPEG" and image.size == (32, 24)  # longer side capped, aspect kept
 
     small = frames_to_image_parts(frames[:1, :20, :10], max_side=512)[0]["image_url"]["url"]
-    assert Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1]))).size == (10, 20)  # no upscaling
+    small_image = Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1])))
+    assert small_image.size == (10, 20)  # never enlarged
 
     flat = np.zeros((8, 8, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
@@ -339,7 +350,8 @@ def test_api_key_never_reaches_logs_repr_errors_or_cache(tmp_path, caplog, monke
     with FakeOpenAIServer(api_key=secret) as server:
         server.fault_for = lambda request: "500" if user_text(request) == "dies" else None
         server.fail_next("429", times=1, retry_after=0.01)
-        with make_client(server, api_key_env="JUDGE_KEY_FOR_TEST", cache_dir=tmp_path, max_retries=1) as client:
+        client = make_client(server, api_key_env="JUDGE_KEY_FOR_TEST", cache_dir=tmp_path, max_retries=1)
+        with client:
             texts.append(repr(client))
             [result] = client.complete([ask("hello")])
             assert result.ok
@@ -370,7 +382,9 @@ def test_api_key_never_reaches_logs_repr_errors_or_cache(tmp_path, caplog, monke
         ("(B)", "B"),
         ("**A**.", "A"),
         ("Answer: B", "B"),
+        ("Response B.", "B"),
         ("Reasoning: both mention a ball.\nFinal verdict: (A)", "A"),
+        ("**Verdict:** B\nReason: Answer A invents a red ball.", "B"),  # the labelled line decides
         ("Response A is more accurate than the other.", "A"),
         ("The better answer is B.", "B"),
         ("I prefer Output (B) because it is concise.", "B"),
@@ -419,6 +433,7 @@ def test_parse_choice_other_choices_and_case():
         ("{'score': 5}", 5),
         ("Here it is: {'score': '2'}", 2),
         ("Score: 4\nReason: accurate. Score: 4", 4),
+        ("Rating: 2 out of 5", 2),
     ],
 )
 def test_parse_score_accepts(text, expected):

@@ -46,7 +46,9 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 ENDPOINT_STATUS = frozenset({401, 403, 404})  # wrong key, URL or model: no request can succeed
 MAX_RETRY_AFTER_S = 600.0  # honour a server's Retry-After up to this; beyond it is a dead endpoint
 NO_API_KEY = "EMPTY"  # what local servers (vLLM, ours) accept when no key is configured
-RESERVED_FIELDS = frozenset({"model", "messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "seed"})
+RESERVED_FIELDS = frozenset(
+    {"model", "messages", "temperature", "max_tokens", "logprobs", "top_logprobs", "seed"}
+)
 UNSUPPORTED_FIELDS = frozenset({"n", "stream"})  # one non-streamed choice per request
 
 # validate(result) returns the parsed value (stored in result.parsed) or raises InvalidReply.
@@ -81,16 +83,24 @@ class ChatRequest:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
         for i, message in enumerate(self.messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r:.200}")
+                raise ValueError(
+                    f"messages[{i}] must be a dict with 'role' and 'content', got {message!r:.200}"
+                )
         clash = (RESERVED_FIELDS | UNSUPPORTED_FIELDS) & set(self.extra)
         if clash:
-            raise ValueError(f"extra must not set {sorted(clash)}: use the ChatRequest fields (n, stream unsupported)")
+            raise ValueError(
+                f"extra must not set {sorted(clash)}: use the ChatRequest fields (n, stream unsupported)"
+            )
         if self.top_logprobs is not None and self.top_logprobs < 1:
             raise ValueError(f"top_logprobs must be >= 1 or None, got {self.top_logprobs}")
 
     def payload(self, model: str) -> dict:
         """The JSON body sent to /chat/completions; also what the cache key is computed from."""
-        body: dict[str, Any] = {"model": model, "messages": self.messages, "temperature": float(self.temperature)}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": self.messages,
+            "temperature": float(self.temperature),
+        }
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         if self.top_logprobs is not None:
@@ -145,11 +155,18 @@ class ClientStats:
     retries: int = 0
     cache_hits: int = 0
     invalid_replies: int = 0
+    failed_requests: int = 0  # rejected by the server (400, ...) or without text
+    prompt_tokens: int = 0  # as the server counts them, over the replies it sent (not cache hits)
+    completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {name: value for name, value in vars(self).items() if not name.startswith("_")}
 
 
 class _TransientError(Exception):
@@ -193,13 +210,21 @@ class ChatClient:
         self.stats = ClientStats()
         api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not api_key:
-            logger.info("environment variable %s is not set: calling %s without an API key", api_key_env, self.base_url)
+            logger.info(
+                "environment variable %s is not set: calling %s without an API key",
+                api_key_env, self.base_url,
+            )
         # api_key is always passed explicitly so the openai package never falls back to
         # OPENAI_API_KEY when another variable was named. The key lives only inside this object.
-        self._openai = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_API_KEY, max_retries=0, timeout=timeout_s)
+        self._openai = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or NO_API_KEY, max_retries=0, timeout=timeout_s
+        )
 
     def __repr__(self) -> str:
-        return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        return (
+            f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key_env={self.api_key_env!r})"
+        )
 
     def close(self) -> None:
         self._openai.close()
@@ -211,7 +236,9 @@ class ChatClient:
         self.close()
 
     # -- public API -------------------------------------------------------------------------------
-    def complete(self, requests: Sequence[ChatRequest], validate: Validator | None = None) -> list[ChatResult]:
+    def complete(
+        self, requests: Sequence[ChatRequest], validate: Validator | None = None
+    ) -> list[ChatResult]:
         """All results in input order. On JudgeUnavailableError the results that finished are
         attached to the error as `.results` (None where a request did not finish)."""
         results: list[ChatResult | None] = [None] * len(requests)
@@ -245,9 +272,11 @@ class ChatClient:
             return
 
         stop = threading.Event()  # set when giving up, so workers stop retrying at once
-        executor = ThreadPoolExecutor(min(self.max_concurrency, len(pending)), thread_name_prefix="chat-client")
+        workers = min(self.max_concurrency, len(pending))
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="chat-client")
         futures: dict[Future, int] = {
-            executor.submit(self._complete_one, payload, key, validate, stop): index for index, payload, key in pending
+            executor.submit(self._complete_one, payload, key, validate, stop): index
+            for index, payload, key in pending
         }
         handed_over: set[Future] = set()
         try:
@@ -264,7 +293,8 @@ class ChatClient:
                     other.cancel()  # only those not started yet
                 # Hand over whatever else finished before giving up: finished work is never lost.
                 for other in futures:
-                    if other not in handed_over and other.done() and not other.cancelled() and other.exception() is None:
+                    finished = other.done() and not other.cancelled() and other.exception() is None
+                    if finished and other not in handed_over:
                         handed_over.add(other)
                         yield futures[other], other.result()
                 raise error
@@ -289,7 +319,9 @@ class ChatClient:
                 return None
         return result
 
-    def _complete_one(self, payload: dict, key: str, validate: Validator | None, stop: threading.Event) -> ChatResult:
+    def _complete_one(
+        self, payload: dict, key: str, validate: Validator | None, stop: threading.Event
+    ) -> ChatResult:
         try:
             return self._complete_validated(payload, key, validate, stop)
         except JudgeUnavailableError:
@@ -305,6 +337,8 @@ class ChatClient:
             result = self._request_with_retries(payload, stop)
             attempts += result.attempts
             if not result.ok:
+                self.stats.add("failed_requests")
+                logger.warning("judge %s: request failed: %s", self.base_url, result.error)
                 break
             if validate is not None:
                 try:
@@ -332,6 +366,9 @@ class ChatClient:
             try:
                 result = self._request_once(payload)
                 result.attempts = attempt + 1
+                if result.usage:
+                    self.stats.add("prompt_tokens", int(result.usage.get("prompt_tokens", 0)))
+                    self.stats.add("completion_tokens", int(result.usage.get("completion_tokens", 0)))
                 return result
             except _TransientError as err:
                 last_error = str(err)
@@ -345,14 +382,17 @@ class ChatClient:
                 )
                 if stop.wait(delay):
                     raise _Stopped()
-        raise JudgeUnavailableError(self.base_url, f"{last_error} (after {self.max_retries + 1} attempts)")
+        attempts = self.max_retries + 1
+        raise JudgeUnavailableError(self.base_url, f"{last_error} (after {attempts} attempts)")
 
     def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
         # Full exponential backoff with jitter, so concurrent workers do not retry in lockstep.
         delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.0)
         if retry_after is not None:
             if retry_after > MAX_RETRY_AFTER_S:
-                raise JudgeUnavailableError(self.base_url, f"server asks to wait {retry_after:.0f} s before retrying")
+                raise JudgeUnavailableError(
+                    self.base_url, f"server asks to wait {retry_after:.0f} s before retrying"
+                )
             delay = max(delay, retry_after)
         return delay
 
@@ -372,11 +412,13 @@ class ChatClient:
             status = err.status_code
             if status in RETRYABLE_STATUS or status >= 500:
                 retry_after = _retry_after_s(err.response.headers)
-                raise _TransientError(f"HTTP {status}: {self._redact(err.message)}", retry_after) from None
+                message = f"HTTP {status}: {self._redact(err.message)}"
+                raise _TransientError(message, retry_after) from None
             if status in (401, 403):
                 # The server's message may quote part of the key: leave it out.
+                where = f"the key in ${self.api_key_env}" if self.api_key_env else "api_key_env (unset)"
                 raise JudgeUnavailableError(
-                    self.base_url, f"HTTP {status}: authentication refused; check the key in ${self.api_key_env}"
+                    self.base_url, f"HTTP {status}: authentication refused; check {where}"
                 ) from None
             if status == 404:
                 raise JudgeUnavailableError(
@@ -410,7 +452,8 @@ def _result_from(completion: ChatCompletion) -> ChatResult:
         for position in positions:
             ranked: dict[str, float] = {}
             for candidate in position.top_logprobs:
-                ranked.setdefault(candidate.token, candidate.logprob)  # keep the higher-ranked duplicate
+                # Two candidates may decode to the same string: keep the higher-ranked one.
+                ranked.setdefault(candidate.token, candidate.logprob)
             top_logprobs.append(ranked)
     return ChatResult(
         text=choice.message.content,

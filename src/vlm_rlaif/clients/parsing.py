@@ -31,16 +31,21 @@ class YesNoScore(NamedTuple):
 
 # -- choices ("A" or "B") ---------------------------------------------------------------------------
 
-_LABELS = r"(?:final\s+)?(?:answer|verdict|choice|output|decision|preference|winner|better\s+(?:answer|response|output))"
+_LABELS = (
+    r"(?:final\s+)?"
+    r"(?:answer|verdict|choice|output|decision|preference|winner|better\s+(?:answer|response|output))"
+)
 _NOUNS = r"(?:answer|response|output|option|candidate|assistant)"
 _BETTER = r"(?:better|best|preferred|superior|more\s+accurate|more\s+helpful)"
 _OPEN = r"[\s\(\[\*\"'`]*"  # decoration allowed before a choice: spaces, brackets, bold, quotes
 
 
-def parse_choice(text: str, choices: tuple[str, ...] = ("A", "B"), *, case_sensitive: bool = True) -> str:
+def parse_choice(
+    text: str, choices: tuple[str, ...] = ("A", "B"), *, case_sensitive: bool = True
+) -> str:
     """The one choice the reply picks, in three strict forms tried in order.
 
-    1. the whole reply is the choice, perhaps decorated: "A", "(B)", "**A**.";
+    1. the whole reply is the choice, perhaps decorated: "A", "(B)", "**A**.", "Response B.";
     2. labelled lines: "Answer: A", "Final verdict: (B)"; all such lines must agree;
     3. verdict sentences: "Response A is better", "The better answer is B", "I prefer Output (A)";
        all such sentences must agree.
@@ -53,7 +58,7 @@ def parse_choice(text: str, choices: tuple[str, ...] = ("A", "B"), *, case_sensi
     canonical = {(c if case_sensitive else c.lower()): c for c in choices}
     alt = "(" + "|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True)) + r")(?!\w)"
 
-    bare = re.fullmatch(rf"[\W_]*{alt}[\W_]*", text.strip(), flags)
+    bare = re.fullmatch(rf"[\W_]*(?:(?i:{_NOUNS})[\W_]*)?{alt}[\W_]*", text.strip(), flags)
     if bare:
         return canonical[_fold(bare.group(1), case_sensitive)]
 
@@ -61,7 +66,8 @@ def parse_choice(text: str, choices: tuple[str, ...] = ("A", "B"), *, case_sensi
     sentences = [
         rf"\b{_NOUNS}{_OPEN}{alt}[\)\]\*\"'`]*\s+(?:is|was)\s+(?:the\s+)?{_BETTER}",
         rf"\b{_BETTER}\s+{_NOUNS}\s+(?:is|was)\s+(?:{_NOUNS}\s*)?{_OPEN}{alt}",
-        rf"\b(?:i|we)\s+(?:would\s+)?(?:prefer|choose|pick|select)\s+(?:the\s+)?(?:{_NOUNS}\s*)?{_OPEN}{alt}",
+        rf"\b(?:i|we)\s+(?:would\s+)?(?:prefer|choose|pick|select)\s+"
+        rf"(?:the\s+)?(?:{_NOUNS}\s*)?{_OPEN}{alt}",
     ]
     for form, patterns in (("labelled verdicts", [labelled]), ("verdict sentences", sentences)):
         found = set()
@@ -107,7 +113,7 @@ _ALTERNATIVE = re.compile(r"\s*(?:or|to|and|-|–|~)\s*-?\d")  # "4 or 5", "3-4"
 def parse_score(text: str, lo: float = 0, hi: float = 5, *, integer: bool = True) -> int | float:
     """A score in [lo, hi] from '{"score": 4}', "{'score': 4}", "Score: 4", "Score: 4/5" or "4".
 
-    A dict in the reply is authoritative; otherwise every "score" label must give the same number;
+    A dict in the reply is authoritative; otherwise every "score"/"rating" label must agree;
     otherwise the whole reply must be the number. With integer=True, 3.5 is invalid.
     """
     _require_text(text)
@@ -117,7 +123,8 @@ def parse_score(text: str, lo: float = 0, hi: float = 5, *, integer: bool = True
             raise InvalidReply("the reply's dict has no 'score' key", text)
         return _checked_score(_number_value(fields["score"], text), lo, hi, integer, text)
 
-    labelled = list(re.finditer(rf"\bscore\b(?:[\s*_:=]|\bis\b|\bof\b)*{_NUMBER}{_OUT_OF}", text, re.IGNORECASE))
+    label = rf"\b(?:score|rating)\b(?:[\s*_:=]|\bis\b|\bof\b)*{_NUMBER}{_OUT_OF}"  # "Score: 4/5"
+    labelled = list(re.finditer(label, text, re.IGNORECASE))
     if labelled:
         values = set()
         for match in labelled:
