@@ -53,6 +53,25 @@ def pattern_frames(n: int) -> np.ndarray:
     return np.stack([pattern_frame(i) for i in range(n)])
 
 
+def write_with_pyav(path, frames, codec="libx264", rate=8, gop=10, container_options=None, times=None):
+    """Write with PyAV directly, for files write_video does not make (AVI, faststart, irregular times)."""
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, rate)
+        for i, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = times[i], Fraction(1, rate)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 # ---------------------------------------------------------------- sampling rules
 
 
@@ -213,21 +232,21 @@ def test_variable_frame_rate_files_index_frames_by_position(tmp_path):
     """Frames at irregular times: index i is still the i-th frame shown (timeline from packets)."""
     times = [0, 1, 2, 5, 6, 7, 12, 13, 20, 21, 22, 23, 30]
     for extension in ["mkv", "mp4"]:
-        path = tmp_path / f"vfr.{extension}"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=10)
-            stream.width, stream.height, stream.pix_fmt = BITS * BLOCK, HEIGHT, "yuv420p"
-            stream.codec_context.time_base = Fraction(1, 10)
-            for i, t in enumerate(times):
-                frame = av.VideoFrame.from_ndarray(pattern_frame(i), format="rgb24")
-                frame.pts, frame.time_base = t, Fraction(1, 10)
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        path = write_with_pyav(tmp_path / f"vfr.{extension}", pattern_frames(len(times)), rate=10, times=times)
         video = load_video(path, num_frames=6)
         assert video.total_frames == len(times)
         assert read_indices(video.frames) == video.indices == sample_uniform(len(times), 6)
+
+
+def test_b_frames_in_avi_fall_back_to_counting_frames(tmp_path, counting):
+    """AVI stamps h264 packets in decode order, so B-frames break timestamps: frames are counted."""
+    path = write_with_pyav(tmp_path / "v.avi", pattern_frames(30), gop=7)
+    opened_before = len(counting)
+    video = load_video(path, num_frames=7)
+    assert read_indices(video.frames) == video.indices == sample_uniform(30, 7)
+    assert len(counting) - opened_before == 2  # the seeking attempt noticed, a fresh decoder counted
+    mpeg4 = write_with_pyav(tmp_path / "mpeg4.avi", pattern_frames(30), codec="mpeg4")
+    assert read_indices(load_video(mpeg4, num_frames=7).frames) == sample_uniform(30, 7)
 
 
 def test_short_video_repeats_or_errors(tmp_path):
@@ -274,16 +293,7 @@ def test_truncated_mp4(tmp_path):
     assert str(caught.value).startswith(str(cut))
 
     # "faststart" mp4: the index comes first and lists frames whose data was cut off.
-    faststart = tmp_path / "faststart.mp4"
-    with av.open(str(faststart), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = BITS * BLOCK, HEIGHT, "yuv420p"
-        stream.codec_context.gop_size = 10
-        for frame in noisy_frames(40):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    faststart = write_with_pyav(tmp_path / "faststart.mp4", noisy_frames(40), container_options={"movflags": "faststart"})
     data = faststart.read_bytes()
     cut.write_bytes(data[: len(data) * 6 // 10])
     with pytest.raises(VideoLoadError, match="truncated") as caught:

@@ -11,7 +11,8 @@ How sampled frames are found:
    each group of pictures (GOP) is decoded at most once, and only up to the last frame needed.
 3. A decoded frame's index is the timeline entry nearest its pts. A wanted frame the decoder never
    produced (a dropped or damaged frame) is filled by the frame shown before it.
-Files without usable timestamps fall back to decoding from the start and counting frames.
+Files whose frames carry no usable timestamps (none, or not increasing, as with B-frames in AVI)
+fall back to decoding from the start and counting frames.
 """
 
 from __future__ import annotations
@@ -54,26 +55,31 @@ class _SeekMissed(Exception):
     """A seek landed after the frame it was meant to reach."""
 
 
-class _NoTimestamps(Exception):
-    """The decoder produced a frame without a timestamp: frames can only be counted."""
+class _UnreliableTimestamps(Exception):
+    """Decoded frames carry no timestamps, or ones that do not increase: frames can only be counted."""
 
 
 def read_with_pyav(path: str, pick: IndexPicker | None) -> Video:
     """Decode the frames `pick` chooses (every frame when pick is None) from a video file."""
     try:
-        container = av.open(path)
+        with _open(path) as container:
+            try:
+                return _read(path, container, pick)
+            except _UnreliableTimestamps:
+                pass
+        with _open(path) as container:  # a fresh decoder for the slow but sure way
+            return _read(path, container, pick, count_frames=True)
+    except av.error.FFmpegError as err:
+        raise VideoLoadError(path, f"decoding failed, the file is corrupt or truncated (FFmpeg: {err})") from None
+
+
+def _open(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path)
     except av.error.EOFError:
         raise VideoLoadError(path, "ends before its first video frame (empty or truncated file)") from None
     except av.error.FFmpegError as err:
         raise VideoLoadError(path, f"cannot open as a video (FFmpeg: {err})") from None
-    try:
-        with container:
-            try:
-                return _read(path, container, pick)
-            except _NoTimestamps:
-                return _read(path, container, pick, count_frames=True)
-    except av.error.FFmpegError as err:
-        raise VideoLoadError(path, f"decoding failed, the file is corrupt or truncated (FFmpeg: {err})") from None
 
 
 def _read(path: str, container: av.container.InputContainer, pick: IndexPicker | None, count_frames: bool = False) -> Video:
@@ -182,7 +188,10 @@ def _decode_seeking(
             run.collect(group, timeline, decoded, path, len(timeline.pts))
         except _SeekMissed:
             run = _Run.seek(container, stream, timeline.pts[0])  # rare: retry from the very start
-            run.collect(group, timeline, decoded, path, len(timeline.pts))
+            try:
+                run.collect(group, timeline, decoded, path, len(timeline.pts))
+            except _SeekMissed:
+                raise _UnreliableTimestamps from None
     return decoded
 
 
@@ -215,8 +224,10 @@ class _Run:
         pending = list(reversed(group))  # pop() gives the smallest
         for frame in self.frames:
             if frame.pts is None:
-                raise _NoTimestamps
+                raise _UnreliableTimestamps
             index = timeline.index_of(frame.pts)
+            if index <= self.position:  # e.g. h264 in AVI: packets stamped in decode order
+                raise _UnreliableTimestamps
             if self.previous is None and index > pending[-1]:
                 raise _SeekMissed
             while pending and pending[-1] < index:  # never produced: show the frame before it
