@@ -43,7 +43,6 @@ from vlm_rlaif.errors import UserError
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # plus every 5xx
-ENDPOINT_STATUS = frozenset({401, 403, 404})  # wrong key, URL or model: no request can succeed
 MAX_RETRY_AFTER_S = 600.0  # honour a server's Retry-After up to this; beyond it is a dead endpoint
 NO_API_KEY = "EMPTY"  # what local servers (vLLM, ours) accept when no key is configured
 RESERVED_FIELDS = frozenset(
@@ -182,6 +181,15 @@ class _Stopped(Exception):
 
 
 class ChatClient:
+    """Calls one model at one OpenAI-compatible base_url (e.g. "http://127.0.0.1:8000/v1").
+
+    api_key_env: the environment variable holding the key (None: send no key). timeout_s: seconds
+    to wait to connect and between bytes of a reply. Backoff before retry n (from 0) is
+    min(backoff_max_s, backoff_base_s * 2**n) times a random factor in [0.5, 1], or the server's
+    Retry-After if longer. cache_dir: where replies are cached (None: no cache). At temperature 0
+    a server tends to repeat an invalid reply, so max_invalid_retries helps most when sampling.
+    """
+
     def __init__(
         self,
         base_url: str,

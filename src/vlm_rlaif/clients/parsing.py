@@ -54,28 +54,31 @@ def parse_choice(
     _require_text(text)
     if len(set(choices)) != len(choices) or not all(choices):
         raise ValueError(f"choices must be distinct non-empty strings, got {choices!r}")
-    flags = 0 if case_sensitive else re.IGNORECASE
-    canonical = {(c if case_sensitive else c.lower()): c for c in choices}
-    alt = "(" + "|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True)) + r")(?!\w)"
+    canonical = {_fold(c, case_sensitive): c for c in choices}
+    names = "|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True))
+    # Keywords match in any case; the choices themselves only as the caller asks.
+    alt = (f"((?-i:{names}))" if case_sensitive else f"({names})") + r"(?!\w)"
 
-    bare = re.fullmatch(rf"[\W_]*(?:(?i:{_NOUNS})[\W_]*)?{alt}[\W_]*", text.strip(), flags)
+    bare = re.fullmatch(rf"[\W_]*(?:{_NOUNS}[\W_]*)?{alt}[\W_]*", text.strip(), re.IGNORECASE)
     if bare:
         return canonical[_fold(bare.group(1), case_sensitive)]
 
-    labelled = re.compile(rf"^[\W_]*{_LABELS}[\W_]*?\s*[:=]{_OPEN}{alt}", re.MULTILINE | re.IGNORECASE)
+    labelled = [re.compile(rf"^[\W_]*{_LABELS}[\W_]*?\s*[:=]{_OPEN}{alt}", re.MULTILINE | re.IGNORECASE)]
     sentences = [
-        rf"\b{_NOUNS}{_OPEN}{alt}[\)\]\*\"'`]*\s+(?:is|was)\s+(?:the\s+)?{_BETTER}",
-        rf"\b{_BETTER}\s+{_NOUNS}\s+(?:is|was)\s+(?:{_NOUNS}\s*)?{_OPEN}{alt}",
-        rf"\b(?:i|we)\s+(?:would\s+)?(?:prefer|choose|pick|select)\s+"
-        rf"(?:the\s+)?(?:{_NOUNS}\s*)?{_OPEN}{alt}",
+        re.compile(pattern, re.IGNORECASE)
+        for pattern in (
+            rf"\b{_NOUNS}{_OPEN}{alt}[\)\]\*\"'`]*\s+(?:is|was)\s+(?:the\s+)?{_BETTER}",
+            rf"\b{_BETTER}\s+{_NOUNS}\s+(?:is|was)\s+(?:{_NOUNS}\s*)?{_OPEN}{alt}",
+            rf"\b(?:i|we)\s+(?:would\s+)?(?:prefer|choose|pick|select)\s+"
+            rf"(?:the\s+)?(?:{_NOUNS}\s*)?{_OPEN}{alt}",
+        )
     ]
-    for form, patterns in (("labelled verdicts", [labelled]), ("verdict sentences", sentences)):
-        found = set()
-        for pattern in patterns:
-            regex = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.IGNORECASE)
-            for match in regex.finditer(text):
-                found.add(canonical.get(_fold(match.group(1), case_sensitive)))
-        found.discard(None)  # a case-sensitive miss ("answer: a" when choices are "A"/"B")
+    for form, regexes in (("labelled verdicts", labelled), ("verdict sentences", sentences)):
+        found = {
+            canonical[_fold(match.group(1), case_sensitive)]
+            for regex in regexes
+            for match in regex.finditer(text)
+        }
         if len(found) == 1:
             return found.pop()
         if len(found) > 1:
