@@ -28,3 +28,26 @@ def resolve_video_source(
     if isinstance(source, list):
         return [resolve_under(root, s, where=where) for s in source]
     return resolve_under(root, source, where=where)
+
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
+
+
+def find_video(root: str | Path, video_name: str, *, where: str = "") -> Path:
+    """Benchmarks name videos without an extension (`video_name`): find the file or frame folder.
+
+    Looks for <root>/<video_name> as given (a file or a folder of frames), then with each known
+    video extension.
+    """
+    base = resolve_under(root, video_name, where=where)
+    if base.exists():
+        return base
+    for ext in VIDEO_EXTENSIONS:
+        candidate = base.with_name(base.name + ext)
+        if candidate.exists():
+            return candidate
+    prefix = f"{where}: " if where else ""
+    raise RecordError(
+        f"{prefix}no video named {video_name!r} under {root} "
+        f"(tried a frame folder and {', '.join(VIDEO_EXTENSIONS)})"
+    )
