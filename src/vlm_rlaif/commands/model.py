@@ -1,0 +1,85 @@
+"""`vlm-rlaif model ACTION`: create model directories.
+
+  model init     build a tiny/small llava-video model with a tokenizer trained on local texts
+  (model convert, from the original LLaVA layout, is added by models/convert.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "model"
+HELP = "create model directories (init: a tiny or small llava-video model from scratch)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="model_action", metavar="ACTION", required=True)
+
+    init = actions.add_parser(
+        "init",
+        help="build a randomly initialised model and a locally trained tokenizer (nothing is downloaded)",
+        description="Build a randomly initialised model and a locally trained tokenizer. Nothing is downloaded.",
+    )
+    init.add_argument("--arch", choices=["llava-video"], default="llava-video", help="model family")
+    init.add_argument("--size", choices=["tiny", "small"], default="tiny", help="tiny ~1.5M, small ~25M parameters")
+    init.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    init.add_argument(
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="FILE_OR_DIR",
+        help="texts for the tokenizer: JSON/JSONL instruction records ('value' strings) or .txt; repeatable",
+    )
+    init.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (at most)")
+    init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    init.add_argument("--frames", type=int, default=24, help="frames per video the model expects")
+    init.add_argument("--image-size", type=int, default=32, help="frame side in pixels after resizing")
+    init.add_argument("--patch-size", type=int, default=8, help="vision patch side in pixels")
+    init.add_argument("--pooling", choices=["spatiotemporal", "none"], default="spatiotemporal", help="video pooling")
+    init.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    init.set_defaults(_model_action=run_init)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._model_action(args)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from vlm_rlaif.errors import ConfigError, UserError
+    from vlm_rlaif.models.tiny import build_tiny_model, count_parameters, read_corpus, train_tokenizer
+
+    log = logging.getLogger("vlm_rlaif.model")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    if args.image_size % args.patch_size:
+        raise ConfigError(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
+
+    texts = [text for corpus in args.corpus for text in read_corpus(corpus)]
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
+    lm = build_tiny_model(
+        args.size,
+        tokenizer,
+        frames=args.frames,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        video_pooling=args.pooling,
+        seed=args.seed,
+    )
+    lm.save(out)
+    tokens_per_video = lm.config.num_video_tokens(args.frames)
+    log.info(
+        "wrote %s: %s %s, %d parameters, vocabulary %d (from %d texts), %d frames -> %d video tokens",
+        out,
+        args.arch,
+        args.size,
+        count_parameters(lm.model),
+        len(tokenizer),
+        len(texts),
+        args.frames,
+        tokens_per_video,
+    )
+    return 0

@@ -1,0 +1,763 @@
+"""The one interface through which every stage reaches a video LMM: `VideoLM`.
+
+Stages never branch on the model family. They hand over plain `VideoExample`s (a conversation plus a
+video as uint8 frames, and a `video_key` naming the video and its frame sampling) and get back
+batches, losses, samples, log-probabilities and hidden states. Family-specific work (chat template,
+frame preprocessing, how the video enters the model, module names) lives in one subclass per family,
+registered in `vlm_rlaif.models.registry`.
+
+How each stage uses it:
+- SFT: `collate(examples)` -> input_ids, attention_mask, position_ids, labels (assistant tokens only),
+  video inputs; `forward(batch).loss`. What trains: `set_trainable(...)` (full fine-tuning) or
+  `add_lora(name, LoraSettings(...))` (optionally with the projector / vision tower).
+- AI feedback: `generate(examples, GenerationSettings(num_samples=K, temperature=...))` for candidate
+  answers and clip descriptions (a clip is a VideoExample whose frames are a subset of the video's,
+  with its own video_key, e.g. "v12@uniform50/clip0"); the judge reads
+  `next_token_logprobs(examples, ["A", "B"], assistant_prefix="The better answer is")`.
+- Reward / value model: `hidden_states(batch)` feeds `vlm_rlaif.models.heads.ScalarModel`.
+- PPO: `generate` (the frozen visual path runs once per video through the feature cache), then
+  `response_logprobs(examples, responses)` with grad for the policy and, for the reference, the same
+  call inside `adapter_disabled()` (LoRA) or on `frozen_copy()` (full fine-tuning). Several named
+  adapters share one base: `add_lora`/`load_lora`/`set_adapter`.
+- Evaluation and chat: `generate(examples, GenerationSettings(temperature=0.2, max_new_tokens=512))`.
+
+Batches are plain dicts of CPU tensors; `forward` moves them to the model's device. Visual inputs are
+either frames (the trainable path: gradients reach the projector / tower) or pooled features
+(the frozen path: computed once per video under no_grad and kept in `feature_cache`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.models.feature_cache import FeatureCache, module_fingerprint
+from vlm_rlaif.models.lora import LoraSettings, peft_lora_config
+
+IGNORE_INDEX = -100
+MODEL_INFO_FILE = "vlm_rlaif_model.json"
+VisualMode = Literal["auto", "frames", "features"]
+
+
+class ModelInputError(UserError, ValueError):
+    """An example, video or request the model cannot take; the message names the example."""
+
+
+@dataclass
+class VideoExample:
+    """One conversation about (at most) one video.
+
+    conversation: [{"role": "system"|"user"|"assistant", "content": str}, ...]; an optional first
+        system turn replaces the family's default system prompt; then user/assistant alternate. The
+        adapter places the video placeholder itself (first in the first user turn).
+    video: uint8 RGB frames (T, H, W, 3), numpy or torch; None for text only, or when the features
+        are already in the feature cache under video_key.
+    video_key: names the video *and its frame sampling* (e.g. "v12@uniform50"; a clip:
+        "v12@uniform50/clip1"). Set it to let the frozen visual path run once per video; None turns
+        caching off for this example.
+    """
+
+    conversation: list[dict[str, str]]
+    video: np.ndarray | torch.Tensor | None = None
+    video_key: str | None = None
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings. temperature 0 = greedy; top_k 0 and top_p 1.0 = off (the paper's PPO rollouts
+    use temperature 1.0, top_p 1.0; its evaluation temperature 0.2, 512 new tokens)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1
+    batch_size: int = 16
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.num_samples < 1 or self.batch_size < 1:
+            raise ConfigError(
+                "max_new_tokens, num_samples and batch_size must be >= 1, got "
+                f"{self.max_new_tokens}, {self.num_samples}, {self.batch_size}"
+            )
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError(
+                f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"
+            )
+
+
+@dataclass
+class Generation:
+    """One sampled answer. token_ids end with the EOS token when ended_with_eos (PPO scores the EOS
+    token too); text is decoded without it."""
+
+    example_index: int
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    ended_with_eos: bool
+
+
+class VideoLM:
+    """A video LMM behind the family-independent interface (see the module docstring).
+
+    Attributes: `model` (the transformers model, or a peft model wrapping it once LoRA is added),
+    `processor`, `tokenizer`, `family`, `feature_cache` (None disables caching).
+
+    A family subclass sets `family` and `model_types` (the transformers model_type values it loads)
+    and implements the hooks marked "family hook" below.
+    """
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.feature_cache = feature_cache
+        self._lora_trainable: dict[str, bool] = {}  # adapter name -> trains when active
+        self._fingerprint_memo: tuple[tuple, str] | None = None
+
+    # ---------------------------------------------------------------- family hooks
+
+    @property
+    def video_token_id(self) -> int:
+        """Family hook: id of the token whose positions receive visual features."""
+        raise NotImplementedError
+
+    def visual_modules(self) -> dict[str, nn.Module]:
+        """Family hook: the frozen-in-RLAIF visual path by name ({"vision_tower": .., "projector": ..})."""
+        raise NotImplementedError
+
+    def visual_probe_modules(self) -> dict[str, nn.Module]:
+        """Family hook: modules that run when a video enters a forward; must include "splice", the
+        module called whether the video comes as frames or as cached features."""
+        raise NotImplementedError
+
+    def lora_targets(self, preset: str) -> str:
+        """Family hook: peft target_modules regex for a LoRA preset (language model only)."""
+        raise NotImplementedError
+
+    def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Family hook: uint8 (T, H, W, 3) -> the model's pixel tensor for one video."""
+        raise NotImplementedError
+
+    def num_video_tokens(self, pixels: torch.Tensor) -> int:
+        """Family hook: how many video tokens the preprocessed video becomes."""
+        raise NotImplementedError
+
+    def _features_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Family hook: preprocessed frames of one video -> pooled features (N, D) (caller sets no_grad)."""
+        raise NotImplementedError
+
+    def _frames_inputs(self, pixels: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family hook: model kwargs for these videos given as frames (batch order)."""
+        raise NotImplementedError
+
+    def _features_inputs(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Family hook: model kwargs for these videos given as pooled features (batch order)."""
+        raise NotImplementedError
+
+    def _encode_conversation(
+        self,
+        conversation: Sequence[dict],
+        *,
+        num_video_tokens: int | None,
+        add_generation_prompt: bool,
+        assistant_prefix: str | None,
+        where: str,
+    ) -> tuple[list[int], list[int]]:
+        """Family hook: token ids (video placeholder expanded to num_video_tokens) and labels."""
+        raise NotImplementedError
+
+    def _prompt_tail(self, assistant_prefix: str | None) -> str:
+        """Family hook: the text a generation prompt ends with (to tokenize candidates in context)."""
+        raise NotImplementedError
+
+    def _fingerprint_extra(self) -> str:
+        """Family hook: settings besides the weights that change the pooled features."""
+        return self.family
+
+    # ---------------------------------------------------------------- basic properties
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers model, also when wrapped by peft."""
+        return self.model.get_base_model() if self.adapter_names else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the language model's hidden states (what a scalar head reads)."""
+        return self.base_model.config.get_text_config().hidden_size
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+
+    # ---------------------------------------------------------------- visual path
+
+    @property
+    def visual_path_frozen(self) -> bool:
+        """True when no vision-tower or projector parameter trains (features may then be cached)."""
+        return not any(p.requires_grad for m in self.visual_modules().values() for p in m.parameters())
+
+    def vision_fingerprint(self) -> str:
+        """Hash of the visual weights and settings; part of every feature-cache key.
+
+        Recomputed only when a visual parameter changed (tensor identity or in-place version)."""
+        params = [t for m in self.visual_modules().values() for t in m.state_dict().values()]
+        state = tuple((id(t), t._version) for t in params)
+        if self._fingerprint_memo is None or self._fingerprint_memo[0] != state:
+            self._fingerprint_memo = (state, module_fingerprint(self.visual_modules(), self._fingerprint_extra()))
+        return self._fingerprint_memo[1]
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray | torch.Tensor, video_key: str | None = None) -> torch.Tensor:
+        """Pooled visual features (N, D), on the CPU, of one video through the frozen visual path, no grad.
+
+        With a video_key and a frozen visual path, the result is read from / stored in feature_cache.
+        """
+        return self._features_for(VideoExample(conversation=[], video=frames, video_key=video_key), "video")
+
+    def _features_for(self, example: VideoExample, where: str) -> torch.Tensor | None:
+        if example.video is None and example.video_key is None:
+            return None
+        pixels = self._preprocess(example.video, where) if example.video is not None else None
+        cache_key = None
+        if example.video_key is not None and self.feature_cache is not None and self.visual_path_frozen:
+            cache_key = f"{example.video_key}|vision={self.vision_fingerprint()}"
+            cached = self.feature_cache.get(cache_key)
+            # A hit whose token count disagrees with the frames means the key was reused for another
+            # sampling: recompute rather than splice the wrong video.
+            if cached is not None and (pixels is None or cached.shape[0] == self.num_video_tokens(pixels)):
+                return cached
+        if pixels is None:
+            raise ModelInputError(
+                f"{where}: video_key {example.video_key!r} is not in the feature cache and the example has no frames"
+            )
+        with torch.no_grad():
+            features = self._features_from_pixels(pixels.to(self.device, self.dtype)).cpu()
+        if cache_key is not None:
+            self.feature_cache.put(cache_key, features)
+        return features
+
+    def _preprocess(self, frames: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
+        try:
+            return self.preprocess_video(frames)
+        except ValueError as err:
+            raise ModelInputError(f"{where}: {err}") from err
+
+    def _visual_items(self, examples: Sequence[VideoExample], mode: str) -> list[torch.Tensor | None]:
+        """Per example: preprocessed frames ("frames") or pooled features ("features"); each distinct
+        example object is processed once even when it repeats in the list (K samples per prompt)."""
+        done: dict[int, torch.Tensor | None] = {}
+        items = []
+        for i, example in enumerate(examples):
+            if id(example) not in done:
+                where = _where(i, example)
+                if mode == "features":
+                    done[id(example)] = self._features_for(example, where)
+                elif example.video is not None:
+                    done[id(example)] = self._preprocess(example.video, where)
+                elif example.video_key is not None:
+                    raise ModelInputError(f"{where}: frames are needed (the visual path trains) but video is None")
+                else:
+                    done[id(example)] = None
+            items.append(done[id(example)])
+        return items
+
+    # ---------------------------------------------------------------- batches
+
+    def collate(
+        self,
+        examples: Sequence[VideoExample],
+        *,
+        add_generation_prompt: bool = False,
+        with_labels: bool | None = None,
+        assistant_prefix: str | None = None,
+        visual: VisualMode = "auto",
+        padding_side: Literal["left", "right"] | None = None,
+        max_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Examples -> a batch dict of CPU tensors.
+
+        add_generation_prompt: end with an open assistant turn (conversations end with a user turn);
+            otherwise conversations end with an assistant turn (training, reward scoring).
+        with_labels: add labels, IGNORE_INDEX except assistant answer tokens and their EOS (default:
+            when there is no generation prompt).
+        assistant_prefix: text that opens the assistant turn (judging: read the next token after it).
+        visual: "frames" (pixel tensors; gradients reach the visual path), "features" (pooled features,
+            no grad, through the feature cache), "auto" = frames if the visual path trains.
+        padding_side: default right for training, left for generation prompts.
+        max_length: truncate training sequences on the right (never through the video tokens);
+            prompts longer than this are an error.
+
+        Keys: input_ids, attention_mask, position_ids, [labels], and the family's visual inputs.
+        """
+        if with_labels is None:
+            with_labels = not add_generation_prompt
+        if padding_side is None:
+            padding_side = "left" if add_generation_prompt else "right"
+        mode = self._resolve_mode(visual)
+        items = self._visual_items(examples, mode)
+        rows, labels = [], []
+        for i, (example, item) in enumerate(zip(examples, items)):
+            where = _where(i, example)
+            num_tokens = None if item is None else (item.shape[0] if mode == "features" else self.num_video_tokens(item))
+            ids, row_labels = self._encode(example, num_tokens, add_generation_prompt, assistant_prefix, where)
+            if max_length is not None and len(ids) > max_length:
+                ids, row_labels = self._truncate(ids, row_labels, max_length, add_generation_prompt, where)
+            rows.append(ids)
+            labels.append(row_labels)
+        batch = _pad_rows(rows, labels if with_labels else None, self.pad_token_id, padding_side)
+        batch.update(self._visual_batch(items, mode))
+        return batch
+
+    def collate_with_responses(
+        self, examples: Sequence[VideoExample], responses: Sequence[Sequence[int]], *, visual: VisualMode = "features"
+    ) -> dict[str, torch.Tensor]:
+        """Generation prompts (left-padded to width P) followed by the given response token ids
+        (right-padded to width R): the layout of PPO scoring.
+
+        Extra keys: response_mask (B, R) bool, True on real response tokens. Response token t of row b
+        sits at column P + t of input_ids.
+        """
+        if len(examples) != len(responses):
+            raise ModelInputError(f"{len(examples)} examples but {len(responses)} responses")
+        batch = self.collate(examples, add_generation_prompt=True, with_labels=False, visual=visual, padding_side="left")
+        width = max(1, max(len(r) for r in responses))
+        response_ids = torch.full((len(responses), width), self.pad_token_id, dtype=torch.long)
+        response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
+        for row, response in enumerate(responses):
+            response = torch.as_tensor(list(response), dtype=torch.long)
+            response_ids[row, : len(response)] = response
+            response_mask[row, : len(response)] = True
+        batch["input_ids"] = torch.cat([batch["input_ids"], response_ids], dim=1)
+        batch["attention_mask"] = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)
+        batch["position_ids"] = _position_ids(batch["attention_mask"])
+        batch["response_mask"] = response_mask
+        return batch
+
+    def _resolve_mode(self, visual: VisualMode) -> str:
+        if visual == "auto":
+            return "features" if self.visual_path_frozen else "frames"
+        if visual not in ("frames", "features"):
+            raise ConfigError(f"visual must be 'auto', 'frames' or 'features', got {visual!r}")
+        return visual
+
+    def _encode(self, example, num_tokens, add_generation_prompt, assistant_prefix, where):
+        try:
+            return self._encode_conversation(
+                example.conversation,
+                num_video_tokens=num_tokens,
+                add_generation_prompt=add_generation_prompt,
+                assistant_prefix=assistant_prefix,
+                where=where,
+            )
+        except ValueError as err:
+            if isinstance(err, UserError):
+                raise
+            raise ModelInputError(f"{where}: {err}") from err
+
+    def _truncate(self, ids, labels, max_length, is_prompt, where):
+        if is_prompt:
+            raise ModelInputError(f"{where}: the prompt has {len(ids)} tokens, more than max_length {max_length}")
+        if self.video_token_id in ids[max_length:]:
+            raise ModelInputError(
+                f"{where}: {len(ids)} tokens exceed max_length {max_length} and truncating would cut the video"
+            )
+        return ids[:max_length], labels[:max_length]
+
+    def _visual_batch(self, items: list[torch.Tensor | None], mode: str) -> dict[str, torch.Tensor]:
+        present = [item for item in items if item is not None]
+        if not present:
+            return {}
+        return self._features_inputs(present) if mode == "features" else self._frames_inputs(present)
+
+    # ---------------------------------------------------------------- forward passes
+
+    _NON_MODEL_KEYS = ("response_mask",)
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch's model arguments, on the model's device."""
+        device = self.device
+        return {k: v.to(device) for k, v in batch.items() if k not in self._NON_MODEL_KEYS}
+
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs):
+        """The model's forward on a collated batch (loss when the batch has labels)."""
+        return self.model(**self.model_inputs(batch), **kwargs)
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final-layer hidden states of the language model (B, L, hidden_size), after its final norm."""
+        # logits_to_keep=1: the vocabulary projection is not needed, only the hidden states.
+        return self.forward(batch, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+
+    def logprobs_of_responses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities (B, R) of the response tokens of a `collate_with_responses` batch (0 on
+        padding). Grad follows the caller (torch.no_grad or not)."""
+        mask = batch["response_mask"]
+        width = mask.shape[1]
+        logits = self.forward(batch, logits_to_keep=width + 1).logits[:, :-1].float()
+        targets = batch["input_ids"][:, -width:].to(logits.device)
+        logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+        return logprobs * mask.to(logprobs.device)
+
+    def response_logprobs(
+        self, examples: Sequence[VideoExample], responses: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probabilities of the given responses after each example's generation prompt.
+
+        Returns (logprobs (B, R), mask (B, R) bool); both on the model's device. Call with grad for the
+        policy; for the LoRA reference call it inside `adapter_disabled()` under torch.no_grad().
+        """
+        batch = self.collate_with_responses(examples, responses)
+        return self.logprobs_of_responses(batch), batch["response_mask"].to(self.device)
+
+    def candidate_token_ids(self, candidates: Sequence[str], assistant_prefix: str | None = None) -> list[int]:
+        """The single token each candidate string becomes right after the prompt's end.
+
+        The candidate is tokenized in context (prompt tail + candidate), so with a prefix ending in a
+        word, "A" may become " A" only if written so; a candidate that is not exactly one token there is
+        an error that shows its tokens.
+        """
+        tail = self._prompt_tail(assistant_prefix)
+        tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+        ids = []
+        for candidate in candidates:
+            full = self.tokenizer(tail + candidate, add_special_tokens=False)["input_ids"]
+            extra = full[len(tail_ids) :]
+            if full[: len(tail_ids)] != tail_ids or len(extra) != 1:
+                raise ModelInputError(
+                    f"candidate {candidate!r} is not a single token after {tail!r} (together they tokenize "
+                    f"as {self.tokenizer.convert_ids_to_tokens(full)}); write it as it follows the prompt, "
+                    "e.g. with a leading space"
+                )
+            ids.append(extra[0])
+        if len(set(ids)) != len(ids):
+            raise ModelInputError(f"candidates {list(candidates)} do not map to distinct tokens")
+        return ids
+
+    @torch.no_grad()
+    def next_token_logprobs(
+        self,
+        examples: Sequence[VideoExample],
+        candidates: Sequence[str],
+        *,
+        assistant_prefix: str | None = None,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Log-probabilities (B, C) (float32, CPU) of each candidate as the next token after the
+        generation prompt, opened with `assistant_prefix`. Over the full vocabulary, so the
+        probabilities of the candidates sum to at most 1."""
+        candidate_ids = torch.tensor(self.candidate_token_ids(candidates, assistant_prefix))
+        rows = []
+        with self.eval_mode():
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                batch = self.collate(chunk, add_generation_prompt=True, assistant_prefix=assistant_prefix, visual="features")
+                logits = self.forward(batch, logits_to_keep=1).logits[:, -1].float()
+                rows.append(torch.log_softmax(logits, dim=-1)[:, candidate_ids.to(logits.device)].cpu())
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def generate(self, examples: Sequence[VideoExample], settings: GenerationSettings | None = None) -> list[Generation]:
+        """Sample `settings.num_samples` answers per example (example-major order).
+
+        The video of each example is encoded once (feature cache when video_key is set), however many
+        samples. Runs in eval mode (dropout off) and restores the previous mode.
+        """
+        from transformers import GenerationConfig
+
+        settings = settings or GenerationSettings()
+        sampling = settings.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
+            top_k=settings.top_k if sampling else None,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        features = self._visual_items(examples, "features")
+        jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
+        results: list[Generation] = []
+        with self.eval_mode(), _seeded(settings.seed, self.device):
+            for start in range(0, len(jobs), settings.batch_size):
+                chunk = jobs[start : start + settings.batch_size]
+                batch = self._prompt_batch([examples[i] for i, _ in chunk], [features[i] for i, _ in chunk])
+                inputs = self.model_inputs(batch)
+                inputs.pop("position_ids")  # generate derives them from the mask, step by step
+                sequences = self.model.generate(**inputs, generation_config=config)
+                new_tokens = sequences[:, batch["input_ids"].shape[1] :].tolist()
+                for (example_index, sample_index), tokens in zip(chunk, new_tokens):
+                    results.append(self._to_generation(example_index, sample_index, tokens))
+        return results
+
+    def _prompt_batch(self, examples, features) -> dict[str, torch.Tensor]:
+        rows = []
+        for i, (example, item) in enumerate(zip(examples, features)):
+            num_tokens = None if item is None else item.shape[0]
+            ids, _ = self._encode(example, num_tokens, True, None, _where(i, example))
+            rows.append(ids)
+        batch = _pad_rows(rows, None, self.pad_token_id, "left")
+        batch.update(self._visual_batch(features, "features"))
+        return batch
+
+    def _to_generation(self, example_index: int, sample_index: int, tokens: list[int]) -> Generation:
+        ended = self.eos_token_id in tokens
+        if ended:
+            tokens = tokens[: tokens.index(self.eos_token_id) + 1]
+        text_ids = tokens[:-1] if ended else tokens
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        return Generation(example_index, sample_index, text, tokens, ended)
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    # ---------------------------------------------------------------- what trains
+
+    def set_trainable(self, *, language_model: bool = True, projector: bool = False, vision_tower: bool = False) -> None:
+        """Full fine-tuning: choose which parts train (LoRA adapters decide this themselves)."""
+        if self.adapter_names:
+            raise UserError("LoRA adapters are attached; their LoraSettings decide what trains")
+        for param in self.model.parameters():
+            param.requires_grad_(language_model)
+        visual = self.visual_modules()
+        for param in visual["projector"].parameters():
+            param.requires_grad_(projector)
+        for param in visual["vision_tower"].parameters():
+            param.requires_grad_(vision_tower)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.adapter_names:
+            self.base_model.enable_input_require_grads()
+
+    def frozen_copy(self) -> VideoLM:
+        """A frozen, eval-mode copy (the reference policy under full fine-tuning); shares the
+        processor and the feature cache (same visual weights)."""
+        if self.adapter_names:
+            raise UserError("with LoRA the reference is the same base with the adapter disabled: use adapter_disabled()")
+        model = copy.deepcopy(self.model).eval()
+        model.requires_grad_(False)
+        return type(self)(model, self.processor, feature_cache=self.feature_cache)
+
+    # ---------------------------------------------------------------- LoRA (peft)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._lora_trainable)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.model.active_adapter if self.adapter_names else None
+
+    def _peft_config(self, settings: LoraSettings):
+        visual = self.visual_modules()
+        names = {id(module): name for name, module in self.base_model.named_modules()}
+        modules_to_save = []
+        if settings.train_projector:
+            modules_to_save.append(names[id(visual["projector"])].rsplit(".", 1)[-1])
+        if settings.train_vision_tower:
+            modules_to_save.append(names[id(visual["vision_tower"])].rsplit(".", 1)[-1])
+        return peft_lora_config(settings, self.lora_targets(settings.targets), modules_to_save)
+
+    def add_lora(self, name: str, settings: LoraSettings) -> None:
+        """Add a new trainable LoRA adapter and make it the active one."""
+        from peft import get_peft_model
+
+        if name in self._lora_trainable:
+            raise ConfigError(f"a LoRA adapter named {name!r} already exists")
+        config = self._peft_config(settings)
+        if getattr(self.base_model, "is_loaded_in_4bit", False) and not self.adapter_names:
+            from peft import prepare_model_for_kbit_training
+
+            self.model = prepare_model_for_kbit_training(self.model)
+        if self.adapter_names:
+            self.model.add_adapter(name, config)
+        else:
+            self.model = get_peft_model(self.model, config, adapter_name=name)
+        self._lora_trainable[name] = True
+        self.set_adapter(name)
+
+    def load_lora(self, directory: str | os.PathLike, name: str, *, trainable: bool = False) -> None:
+        """Load a LoRA adapter saved by `save_lora` under `name` and make it active.
+
+        trainable=True continues training it (e.g. the value model initialised from the reward model)."""
+        from peft import PeftModel
+
+        directory = Path(directory)
+        if not (directory / "adapter_config.json").is_file():
+            raise UserError(f"{directory} is not a LoRA adapter directory (no adapter_config.json)")
+        if name in self._lora_trainable:
+            raise ConfigError(f"a LoRA adapter named {name!r} already exists")
+        if self.adapter_names:
+            self.model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(directory), adapter_name=name, is_trainable=trainable)
+        self._lora_trainable[name] = trainable
+        self.set_adapter(name)
+
+    def save_lora(self, directory: str | os.PathLike, name: str | None = None) -> None:
+        """Save one adapter (default: the active one) as adapter_config.json + adapter_model.safetensors."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        name = name or self.active_adapter
+        if name not in self._lora_trainable:
+            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.model, adapter_name=name)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
+        self.model.peft_config[name].save_pretrained(str(directory))
+
+    def set_adapter(self, name: str) -> None:
+        """Make a named adapter the active one (trainable only if it was added or loaded trainable)."""
+        if name not in self._lora_trainable:
+            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
+        self.model.set_adapter(name, inference_mode=not self._lora_trainable[name])
+
+    @contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """Run the bare base model (the LoRA reference policy) inside this block."""
+        if not self.adapter_names:
+            raise UserError("no LoRA adapter is attached; under full fine-tuning use frozen_copy() as the reference")
+        with self.model.disable_adapter():
+            yield
+
+    def merge_lora(self) -> None:
+        """Fold the active adapter into the base weights and drop all adapters (e.g. after SFT)."""
+        if not self.adapter_names:
+            raise UserError("no LoRA adapter to merge")
+        self.model = self.model.merge_and_unload(adapter_names=[self.active_adapter])
+        self._lora_trainable.clear()
+
+    # ---------------------------------------------------------------- save / load
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Save model, processor (tokenizer included) and the family marker; `load_adapter_model` reads it."""
+        if self.adapter_names:
+            raise UserError("LoRA adapters are attached: merge_lora() first, or save them with save_lora()")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+        info = {"family": self.family, "format": 1}
+        (directory / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        quantization: str | None = None,
+        feature_cache: FeatureCache | None = None,
+    ) -> VideoLM:
+        """Load a saved model directory (no network: files must be local).
+
+        dtype: e.g. "bfloat16" (default: as saved). quantization: "4bit" (QLoRA; needs bitsandbytes and
+        CUDA; the visual path and LM head stay unquantized)."""
+        raise NotImplementedError
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"bfloat16" -> torch.bfloat16 (a torch.dtype passes through); anything else is a ConfigError."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use e.g. float32, bfloat16, float16")
+    return value
+
+
+def _where(index: int, example: VideoExample) -> str:
+    return f"example {index}" + (f" (video_key {example.video_key!r})" if example.video_key else "")
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _pad_rows(
+    rows: list[list[int]], labels: list[list[int]] | None, pad_id: int, side: str
+) -> dict[str, torch.Tensor]:
+    if not rows:
+        raise ModelInputError("no examples to collate")
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[r, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[r, span] = 1
+        if labels is not None:
+            label_tensor[r, span] = torch.tensor(labels[r], dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": _position_ids(attention_mask)}
+    if labels is not None:
+        batch["labels"] = label_tensor
+    return batch
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Reproducible sampling without disturbing the caller's random state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "MODEL_INFO_FILE",
+    "Generation",
+    "GenerationSettings",
+    "ModelInputError",
+    "VideoExample",
+    "VideoLM",
+    "resolve_dtype",
+]
