@@ -185,3 +185,10 @@ class MCQRecord(_Record):
 
 def strip_placeholder(text: str) -> str:
     return text.replace(VIDEO_PLACEHOLDER, "").strip()
+
+
+def to_messages(conversations: list[Turn]) -> list[dict[str, str]]:
+    """LLaVA turns ({from: human|gpt, value}) -> chat messages ({role: user|assistant, content}),
+    without the video placeholder (the model adapter places the video itself)."""
+    roles = {"human": "user", "gpt": "assistant"}
+    return [{"role": roles[t.speaker], "content": strip_placeholder(t.value)} for t in conversations]

@@ -1,0 +1,91 @@
+"""Sampled frames for records: the one place that turns a record's video reference into pixels.
+
+Every stage reads videos the same way: resolve the record's path under the video root, sample
+`num_frames` uniformly (the paper's 50), and for a clip record keep the clip's positions of the
+standard split (video.split_clips, at most `clip_max_frames` per clip). Each result comes with a
+`video_key` that names the video *and* its sampling, which is what the model's feature cache keys on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vlm_rlaif.data.paths import find_video, resolve_video_source
+from vlm_rlaif.data.records import ClipSpec
+from vlm_rlaif.errors import RecordError
+from vlm_rlaif.video import load_video, split_clips
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    num_frames: int = 50
+    clip_max_frames: int = 20
+    on_short: str = "repeat"  # "repeat" | "error": a video with fewer frames than num_frames
+
+    def clip_positions(self, clip: ClipSpec, *, where: str = "") -> list[int]:
+        clips = split_clips(self.num_frames, self.clip_max_frames)
+        if clip.count != len(clips):
+            raise RecordError(
+                f"{where}: record asks for clip {clip.index} of {clip.count}, but {self.num_frames} "
+                f"frames with at most {self.clip_max_frames} per clip make {len(clips)} clips"
+            )
+        return clips[clip.index]
+
+    @property
+    def tag(self) -> str:
+        return f"u{self.num_frames}"
+
+
+class FrameStore:
+    """Loads sampled frames by record, with a small in-memory LRU (videos are reread across passes)."""
+
+    def __init__(self, root: str | Path, sampling: FrameSampling, max_videos: int = 512):
+        self.root = Path(root)
+        self.sampling = sampling
+        self._max = max_videos
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def video(self, source: str | list[str], *, where: str = "") -> tuple[np.ndarray, str]:
+        """(frames uint8 (T, H, W, 3), video_key) of a record's `video` path or `images` list."""
+        key_base = source if isinstance(source, str) else f"{source[0]}..{len(source)}"
+        key = f"{key_base}@{self.sampling.tag}"
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key], key
+        path = resolve_video_source(self.root, source, where=where)
+        frames = load_video(
+            [str(p) for p in path] if isinstance(path, list) else str(path),
+            num_frames=self.sampling.num_frames,
+            on_short=self.sampling.on_short,
+        ).frames
+        self._lru[key] = frames
+        if len(self._lru) > self._max:
+            self._lru.popitem(last=False)
+        return frames, key
+
+    def by_name(self, video_name: str, *, where: str = "") -> tuple[np.ndarray, str]:
+        """Frames of a benchmark video named without extension (VCG-Bench, zero-shot QA layouts)."""
+        path = find_video(self.root, video_name, where=where)
+        return self.video(str(path.relative_to(self.root.resolve())), where=where)
+
+    def clip(self, source: str | list[str], clip: ClipSpec, *, where: str = "") -> tuple[np.ndarray, str]:
+        """Frames and key of one clip of the sampled video (the feedback stage's context clips)."""
+        frames, key = self.video(source, where=where)
+        positions = self.sampling.clip_positions(clip, where=where)
+        return frames[positions], f"{key}/clip{clip.index}of{clip.count}"
+
+    def for_record(self, record, *, where: str = "") -> tuple[np.ndarray, str]:
+        """Frames and key for an instruction/preference record (its clip if it names one)."""
+        clip = getattr(record, "clip", None)
+        if clip is not None:
+            return self.clip(record.video_source, clip, where=where)
+        return self.video(record.video_source, where=where)
+
+    def clips(self, source: str | list[str], *, where: str = "") -> list[tuple[np.ndarray, str]]:
+        """All clips of a video, in temporal order."""
+        n = len(split_clips(self.sampling.num_frames, self.sampling.clip_max_frames))
+        return [self.clip(source, ClipSpec(index=i, count=n), where=where) for i in range(n)]
