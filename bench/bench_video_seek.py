@@ -6,7 +6,7 @@ Generates once, under bench/out/, two 2-minute 640x360 30 fps h264 videos (a mov
 noise, so it does not compress to nothing) with a keyframe every 60 frames (2 s, typical of
 streaming encodes) and every 250 frames (x264's default). For each it times, alternating, with
 `repeats` runs and the median:
-  seek: load_video(path, num_frames=N, backend="pyav")
+  seek: load_video(path, num_frames=N, backend="pyav")  (or --backend torchcodec)
   full: decode every frame with PyAV (same threading), converting only the N wanted frames to RGB
 and checks both return the same pixels. Prints a table and the ratio full/seek; appends one JSON
 line per run to bench/out/bench_video_seek.jsonl.
@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 50])
     parser.add_argument("--gops", type=int, nargs="+", default=[60, 250])
+    parser.add_argument("--backend", choices=["pyav", "torchcodec"], default="pyav", help="load_video's decoder")
     args = parser.parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
 
@@ -88,7 +89,7 @@ def main() -> int:
             wanted = sample_uniform(total, num_frames)
             seek_times, full_times = [], []
             for _ in range(args.repeats):  # alternate so drift in machine load hits both alike
-                seconds, video = timed(load_video, path, num_frames, None, "repeat", "pyav")
+                seconds, video = timed(load_video, path, num_frames, None, "repeat", args.backend)
                 seek_times.append(seconds)
                 seconds, reference = timed(decode_everything, path, wanted)
                 full_times.append(seconds)
@@ -107,6 +108,7 @@ def main() -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "seconds": SECONDS, "codec": "h264"},
         "repeats": args.repeats,
+        "backend": args.backend,
         "pyav": av.__version__,
         "machine": platform.machine(),
         "results": rows,

@@ -42,7 +42,8 @@ def load_video(
         rate (sample_fps), at most max_frames. Neither: every frame. Setting both is an error.
     on_short: when num_frames exceeds the source's frames, "repeat" repeats frames by the same
         uniform rule (indices repeat) and "error" raises VideoLoadError.
-    backend: "auto" uses torchcodec when it loads, else PyAV (and PyAV again if torchcodec fails).
+    backend: "auto" uses torchcodec when it loads (not for .avi), else PyAV; PyAV also retries any
+        file torchcodec fails on.
     source_fps: the frame rate of sources that carry none (folders, image lists, arrays).
     Raises VideoLoadError (message starts with the file) for anything wrong with the source.
     """
@@ -63,7 +64,7 @@ def load_video(
         return _from_array(source, _picker(ARRAY_SOURCE, num_frames, fps, max_frames, on_short), source_fps)
     if isinstance(source, (list, tuple)):
         paths = [Path(p) for p in source]
-        name = str(Path(os.path.commonpath(paths))) if paths else "<empty image list>"
+        name = str(paths[0].parent) if paths else "<empty image list>"  # errors name the image itself
         return _from_images(name, paths, _picker(name, num_frames, fps, max_frames, on_short), source_fps)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"unsupported video source type {type(source).__name__}")
@@ -79,7 +80,9 @@ def load_video(
         raise VideoLoadError(name, "backend='torchcodec' asked for, but torchcodec is not installed or does not load")
     if backend == "torchcodec":
         return read_with_torchcodec(name, pick)
-    if backend == "auto" and torchcodec_available():
+    # AVI stamps packets in decode order; with B-frames torchcodec then returns wrong frames
+    # (checked with torchcodec 0.17), while PyAV notices and counts frames instead.
+    if backend == "auto" and torchcodec_available() and path.suffix.lower() != ".avi":
         try:
             return read_with_torchcodec(name, pick)
         except VideoLoadError:
