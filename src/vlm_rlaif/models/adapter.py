@@ -114,7 +114,8 @@ class VideoLM:
     """A video LMM behind the family-independent interface (see the module docstring).
 
     Attributes: `model` (the transformers model, or a peft model wrapping it once LoRA is added),
-    `processor`, `tokenizer`, `family`, `feature_cache` (None disables caching).
+    `processor`, `tokenizer`, `family`, `feature_cache` (a FeatureCache, or None: no caching). A new VideoLM has
+    every parameter frozen; `set_trainable` or `add_lora` choose what trains.
 
     A family subclass sets `family` and `model_types` (the transformers model_type values it loads)
     and implements the hooks marked "family hook" below.
@@ -123,11 +124,15 @@ class VideoLM:
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | None = None):
+    def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | bool = True):
+        # Nothing trains until a stage says so (set_trainable or add_lora): inference, feature caching
+        # and the reference policy are then safe by default.
+        model.requires_grad_(False)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.feature_cache = feature_cache
+        # True: a private in-memory cache; False: none; or a (shared, possibly on-disk) FeatureCache.
+        self.feature_cache = FeatureCache() if feature_cache is True else (feature_cache or None)
         self._lora_trainable: dict[str, bool] = {}  # adapter name -> trains when active
         self._fingerprint_memo: tuple[tuple, str] | None = None
 
@@ -230,8 +235,8 @@ class VideoLM:
         """Hash of the visual weights and settings; part of every feature-cache key.
 
         Recomputed only when a visual parameter changed (tensor identity or in-place version)."""
-        params = [t for m in self.visual_modules().values() for t in m.state_dict().values()]
-        state = tuple((id(t), t._version) for t in params)
+        tensors = [t for m in self.visual_modules().values() for t in (*m.parameters(), *m.buffers())]
+        state = tuple((id(t), t._version) for t in tensors)
         if self._fingerprint_memo is None or self._fingerprint_memo[0] != state:
             self._fingerprint_memo = (state, module_fingerprint(self.visual_modules(), self._fingerprint_extra()))
         return self._fingerprint_memo[1]
@@ -379,10 +384,9 @@ class VideoLM:
                 assistant_prefix=assistant_prefix,
                 where=where,
             )
-        except ValueError as err:
-            if isinstance(err, UserError):
-                raise
-            raise ModelInputError(f"{where}: {err}") from err
+        except ValueError as err:  # the family's own error types become ModelInputError, named by example
+            message = str(err) if str(err).startswith(where) else f"{where}: {err}"
+            raise ModelInputError(message) from err
 
     def _truncate(self, ids, labels, max_length, is_prompt, where):
         if is_prompt:
@@ -409,7 +413,9 @@ class VideoLM:
         return {k: v.to(device) for k, v in batch.items() if k not in self._NON_MODEL_KEYS}
 
     def forward(self, batch: dict[str, torch.Tensor], **kwargs):
-        """The model's forward on a collated batch (loss when the batch has labels)."""
+        """The model's forward on a collated batch (loss when the batch has labels). No KV cache is
+        built unless use_cache=True is passed."""
+        kwargs.setdefault("use_cache", False)
         return self.model(**self.model_inputs(batch), **kwargs)
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -690,12 +696,13 @@ class VideoLM:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         quantization: str | None = None,
-        feature_cache: FeatureCache | None = None,
+        feature_cache: FeatureCache | bool = True,
     ) -> VideoLM:
         """Load a saved model directory (no network: files must be local).
 
         dtype: e.g. "bfloat16" (default: as saved). quantization: "4bit" (QLoRA; needs bitsandbytes and
-        CUDA; the visual path and LM head stay unquantized)."""
+        CUDA; the visual path and LM head stay unquantized). feature_cache: True (a private in-memory
+        cache), False (none) or a FeatureCache to share (e.g. on disk, across stages)."""
         raise NotImplementedError
 
 

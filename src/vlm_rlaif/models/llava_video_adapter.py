@@ -33,7 +33,7 @@ class LlavaVideoLM(VideoLM):
     family = "llava-video"
     model_types = (MODEL_TYPE,)
 
-    def __init__(self, model: nn.Module, processor: LlavaVideoProcessor, feature_cache: FeatureCache | None = None):
+    def __init__(self, model: nn.Module, processor: LlavaVideoProcessor, feature_cache: FeatureCache | bool = True):
         super().__init__(model, processor, feature_cache)
         _check_parts(self.base_model.config, processor)
 
@@ -121,7 +121,7 @@ class LlavaVideoLM(VideoLM):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         quantization: str | None = None,
-        feature_cache: FeatureCache | None = None,
+        feature_cache: FeatureCache | bool = True,
     ) -> LlavaVideoLM:
         kwargs = {}
         if dtype is not None:

@@ -236,8 +236,8 @@ class LlavaVideoProcessor(ProcessorMixin):
 
         num_video_tokens: how many tokens the conversation's video becomes (`num_video_tokens(T)` for
             T frames, or the row count of cached features); None for a text-only conversation.
-        Labels mark the tokens that overlap an assistant answer span (" {answer}</s>"); all others,
-        video tokens included, are IGNORE_INDEX. A generation prompt has no trained tokens.
+        Labels mark the tokens that overlap an assistant answer span (" {answer}</s>") of any turn; all
+        others, video tokens and the open assistant turn of a generation prompt included, are IGNORE_INDEX.
         """
         text, spans = render_conversation(
             conversation,
@@ -272,7 +272,7 @@ class LlavaVideoProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """transformers-style call on already rendered text: one `<video>` per video, in order.
 
-        Returns input_ids and attention_mask (padded on the tokenizer's padding side), and for videos
+        Returns input_ids (BOS first, as encode_conversation) and attention_mask (padded on the tokenizer's padding side), and for videos
         pixel_values_videos (all frames stacked) with video_num_frames.
         """
         if kwargs:
@@ -281,9 +281,10 @@ class LlavaVideoProcessor(ProcessorMixin):
         videos = list(videos or [])
         video_iter = iter(videos)
         rows: list[list[int]] = []
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         for sample in texts:
-            ids: list[int] = []
-            for token_id in self.tokenizer(sample, add_special_tokens=True)["input_ids"]:
+            ids: list[int] = list(bos)
+            for token_id in self.tokenizer(sample, add_special_tokens=False)["input_ids"]:
                 if token_id == self.video_token_id:
                     frames = next(video_iter, None)
                     if frames is None:
