@@ -13,10 +13,10 @@ from typing import Any, Literal
 import numpy as np
 
 from vlm_rlaif.video.images import list_frame_images, read_images
-from vlm_rlaif.video.pyav_decode import IndexPicker, read_with_pyav
+from vlm_rlaif.video.pyav_decode import read_with_pyav
 from vlm_rlaif.video.sampling import sample_fps, sample_uniform
 from vlm_rlaif.video.torchcodec_decode import read_with_torchcodec, torchcodec_available
-from vlm_rlaif.video.types import Video, VideoLoadError
+from vlm_rlaif.video.types import IndexPicker, Video, VideoLoadError
 
 OnShort = Literal["repeat", "error"]
 Backend = Literal["auto", "pyav", "torchcodec"]

@@ -18,16 +18,13 @@ fall back to decoding from the start and counting frames.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
-from vlm_rlaif.video.types import Video, VideoLoadError
-
-# Picks source frame indices given (total_frames, source_fps); None means every frame.
-IndexPicker = Callable[[int, float], list[int]]
+from vlm_rlaif.video.types import IndexPicker, Video, VideoLoadError
 
 
 @dataclass

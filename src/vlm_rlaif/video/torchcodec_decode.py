@@ -10,8 +10,7 @@ import functools
 
 import numpy as np
 
-from vlm_rlaif.video.pyav_decode import IndexPicker
-from vlm_rlaif.video.types import Video, VideoLoadError
+from vlm_rlaif.video.types import IndexPicker, Video, VideoLoadError
 
 
 @functools.cache

@@ -1,7 +1,8 @@
-"""The decoded video every loader returns, and the one error every loader raises."""
+"""The decoded video every loader returns, the one error every loader raises, and the sampling hook."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ class Video:
     indices: list[int]  # source frame index of each returned frame (repeats when the source is short)
     total_frames: int  # frames in the source
     source: str
+
+
+# Chooses source frame indices given (total_frames, source_fps), once the source is opened.
+IndexPicker = Callable[[int, float], list[int]]
 
 
 class VideoLoadError(UserError):
