@@ -134,9 +134,12 @@ def test_generation_eos_flags(tokenizer):
     with torch.no_grad():
         head.bias.zero_()
         head.bias[word] = 10.0  # never ends
+        head.bias[lm.video_token_id] = 20.0  # the placeholder is never sampled, however likely
     cut = lm.generate([ask("q", frames(2))], GenerationSettings(max_new_tokens=5, temperature=0))[0]
     assert not cut.ended_with_eos and cut.token_ids == [word] * 5
     assert cut.text == tokenizer.decode([word] * 5).strip()
+    with pytest.raises(ModelInputError, match="example 0: the response holds the video token"):
+        lm.response_logprobs([ask("q", frames(2))], [[word, lm.video_token_id]])
 
 
 @torch.no_grad()

@@ -360,6 +360,8 @@ class VideoLM:
         response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
         for row, response in enumerate(responses):
             response = torch.as_tensor(list(response), dtype=torch.long)
+            if bool((response == self.video_token_id).any()):
+                raise ModelInputError(f"{_where(row, examples[row])}: the response holds the video token")
             response_ids[row, : len(response)] = response
             response_mask[row, : len(response)] = True
         batch["input_ids"] = torch.cat([batch["input_ids"], response_ids], dim=1)
@@ -495,7 +497,8 @@ class VideoLM:
         """Sample `settings.num_samples` answers per example (example-major order).
 
         The video of each example is encoded once (feature cache when video_key is set), however many
-        samples. Runs in eval mode (dropout off) and restores the previous mode.
+        samples. Runs in eval mode (dropout off) and restores the previous mode. The video token is
+        never sampled.
         """
         from transformers import GenerationConfig
 
@@ -510,6 +513,8 @@ class VideoLM:
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
+            # A sampled video placeholder could not be scored later (it would ask for a video).
+            suppress_tokens=[self.video_token_id],
         )
         features = self._visual_items(examples, "features")
         jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
