@@ -243,3 +243,26 @@ def test_qlora_errors_clearly_without_bitsandbytes_or_cuda(monkeypatch):
         lora_module.quantization_config("4bit", [])
     with pytest.raises(ConfigError, match="unknown quantization '8bit'"):
         lora_module.quantization_config("8bit", [])
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_activation_checkpointing_keeps_gradients(tokenizer, use_lora):
+    example = chat("What colour is the circle?", "The circle is red.", frames(4))
+
+    def gradients(checkpointing):
+        lm = build_tiny_model("tiny", tokenizer, seed=6)
+        if use_lora:
+            lm.add_lora("policy", LoraSettings(r=4, alpha=8, train_projector=True))
+        else:
+            lm.set_trainable(language_model=True, projector=True)
+        if checkpointing:
+            lm.enable_activation_checkpointing()
+            assert lm.base_model.is_activation_checkpointing
+        lm.model.train()
+        lm.forward(lm.collate([example])).loss.backward()
+        return [p.grad for p in lm.trainable_parameters()]
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert len(plain) == len(checkpointed) and all(g is not None for g in checkpointed)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b)

@@ -160,8 +160,8 @@ class VideoLM:
         """Family hook: uint8 (T, H, W, 3) -> the model's pixel tensor for one video."""
         raise NotImplementedError
 
-    def num_video_tokens(self, pixels: torch.Tensor) -> int:
-        """Family hook: how many video tokens the preprocessed video becomes."""
+    def num_video_tokens(self, frames: np.ndarray | torch.Tensor) -> int:
+        """Family hook: how many video tokens these raw frames (T, H, W, 3) become."""
         raise NotImplementedError
 
     def _features_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -252,19 +252,20 @@ class VideoLM:
     def _features_for(self, example: VideoExample, where: str) -> torch.Tensor | None:
         if example.video is None and example.video_key is None:
             return None
-        pixels = self._preprocess(example.video, where) if example.video is not None else None
+        video = example.video
         cache_key = None
         if example.video_key is not None and self.feature_cache is not None and self.visual_path_frozen:
             cache_key = f"{example.video_key}|vision={self.vision_fingerprint()}"
             cached = self.feature_cache.get(cache_key)
             # A hit whose token count disagrees with the frames means the key was reused for another
-            # sampling: recompute rather than splice the wrong video.
-            if cached is not None and (pixels is None or cached.shape[0] == self.num_video_tokens(pixels)):
+            # sampling: recompute rather than splice the wrong video. (A hit skips preprocessing too.)
+            if cached is not None and (video is None or cached.shape[0] == self.num_video_tokens(video)):
                 return cached
-        if pixels is None:
+        if video is None:
             raise ModelInputError(
                 f"{where}: video_key {example.video_key!r} is not in the feature cache and the example has no frames"
             )
+        pixels = self._preprocess(video, where)
         with torch.no_grad():
             features = self._features_from_pixels(pixels.to(self.device, self.dtype)).cpu()
         if cache_key is not None:
@@ -330,10 +331,20 @@ class VideoLM:
             padding_side = "left" if add_generation_prompt else "right"
         mode = self._resolve_mode(visual)
         items = self._visual_items(examples, mode)
+        return self._build_batch(
+            examples, items, mode, add_generation_prompt, with_labels, assistant_prefix, padding_side, max_length
+        )
+
+    def _build_batch(
+        self, examples, items, mode, add_generation_prompt, with_labels, assistant_prefix, padding_side, max_length
+    ) -> dict[str, torch.Tensor]:
         rows, labels = [], []
         for i, (example, item) in enumerate(zip(examples, items)):
             where = _where(i, example)
-            num_tokens = None if item is None else (item.shape[0] if mode == "features" else self.num_video_tokens(item))
+            if item is None:
+                num_tokens = None
+            else:
+                num_tokens = item.shape[0] if mode == "features" else self.num_video_tokens(example.video)
             ids, row_labels = self._encode(example, num_tokens, add_generation_prompt, assistant_prefix, where)
             if max_length is not None and len(ids) > max_length:
                 ids, row_labels = self._truncate(ids, row_labels, max_length, add_generation_prompt, where)
@@ -354,7 +365,9 @@ class VideoLM:
         """
         if len(examples) != len(responses):
             raise ModelInputError(f"{len(examples)} examples but {len(responses)} responses")
-        batch = self.collate(examples, add_generation_prompt=True, with_labels=False, visual=visual, padding_side="left")
+        batch = self.collate(
+            examples, add_generation_prompt=True, with_labels=False, visual=visual, padding_side="left"
+        )
         width = max(1, max(len(r) for r in responses))
         response_ids = torch.full((len(responses), width), self.pad_token_id, dtype=torch.long)
         response_mask = torch.zeros((len(responses), width), dtype=torch.bool)
@@ -487,13 +500,17 @@ class VideoLM:
         with self.eval_mode():
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start : start + batch_size]
-                batch = self.collate(chunk, add_generation_prompt=True, assistant_prefix=assistant_prefix, visual="features")
+                batch = self.collate(
+                    chunk, add_generation_prompt=True, assistant_prefix=assistant_prefix, visual="features"
+                )
                 logits = self.forward(batch, logits_to_keep=1).logits[:, -1].float()
                 rows.append(torch.log_softmax(logits, dim=-1)[:, candidate_ids.to(logits.device)].cpu())
         return torch.cat(rows)
 
     @torch.no_grad()
-    def generate(self, examples: Sequence[VideoExample], settings: GenerationSettings | None = None) -> list[Generation]:
+    def generate(
+        self, examples: Sequence[VideoExample], settings: GenerationSettings | None = None
+    ) -> list[Generation]:
         """Sample `settings.num_samples` answers per example (example-major order).
 
         The video of each example is encoded once (feature cache when video_key is set), however many
@@ -522,7 +539,11 @@ class VideoLM:
         with self.eval_mode(), _seeded(settings.seed, self.device):
             for start in range(0, len(jobs), settings.batch_size):
                 chunk = jobs[start : start + settings.batch_size]
-                batch = self._prompt_batch([examples[i] for i, _ in chunk], [features[i] for i, _ in chunk])
+                batch = self._build_batch(
+                    [examples[i] for i, _ in chunk], [features[i] for i, _ in chunk], "features",
+                    add_generation_prompt=True, with_labels=False, assistant_prefix=None, padding_side="left",
+                    max_length=None,
+                )
                 inputs = self.model_inputs(batch)
                 inputs.pop("position_ids")  # generate derives them from the mask, step by step
                 sequences = self.model.generate(**inputs, generation_config=config)
@@ -530,16 +551,6 @@ class VideoLM:
                 for (example_index, sample_index), tokens in zip(chunk, new_tokens):
                     results.append(self._to_generation(example_index, sample_index, tokens))
         return results
-
-    def _prompt_batch(self, examples, features) -> dict[str, torch.Tensor]:
-        rows = []
-        for i, (example, item) in enumerate(zip(examples, features)):
-            num_tokens = None if item is None else item.shape[0]
-            ids, _ = self._encode(example, num_tokens, True, None, _where(i, example))
-            rows.append(ids)
-        batch = _pad_rows(rows, None, self.pad_token_id, "left")
-        batch.update(self._visual_batch(features, "features"))
-        return batch
 
     def _to_generation(self, example_index: int, sample_index: int, tokens: list[int]) -> Generation:
         ended = self.eos_token_id in tokens
@@ -560,7 +571,9 @@ class VideoLM:
 
     # ---------------------------------------------------------------- what trains
 
-    def set_trainable(self, *, language_model: bool = True, projector: bool = False, vision_tower: bool = False) -> None:
+    def set_trainable(
+        self, *, language_model: bool = True, projector: bool = False, vision_tower: bool = False
+    ) -> None:
         """Full fine-tuning: choose which parts train (LoRA adapters decide this themselves)."""
         if self.adapter_names:
             raise UserError("LoRA adapters are attached; their LoraSettings decide what trains")
@@ -575,16 +588,18 @@ class VideoLM:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.adapter_names:
-            self.base_model.enable_input_require_grads()
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass: far less memory, about a third
+        more compute (non-reentrant, so frozen embeddings under LoRA need no special care)."""
+        self.base_model.activation_checkpointing_enable()
 
     def frozen_copy(self) -> VideoLM:
         """A frozen, eval-mode copy (the reference policy under full fine-tuning); shares the
         processor and the feature cache (same visual weights)."""
         if self.adapter_names:
-            raise UserError("with LoRA the reference is the same base with the adapter disabled: use adapter_disabled()")
+            raise UserError(
+                "with LoRA the reference is the same base with the adapter disabled: use adapter_disabled()"
+            )
         model = copy.deepcopy(self.model).eval()
         model.requires_grad_(False)
         return type(self)(model, self.processor, feature_cache=self.feature_cache)
@@ -641,7 +656,9 @@ class VideoLM:
         if self.adapter_names:
             self.model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
         else:
-            self.model = PeftModel.from_pretrained(self.model, str(directory), adapter_name=name, is_trainable=trainable)
+            self.model = PeftModel.from_pretrained(
+                self.model, str(directory), adapter_name=name, is_trainable=trainable
+            )
         self._lora_trainable[name] = trainable
         self.set_adapter(name)
 

@@ -59,7 +59,9 @@ class ScalarModel:
         e.g. "reward" and "value"); it is made active before every forward. None: the backbone as is.
     """
 
-    def __init__(self, lm: VideoLM, head: ScalarHead | None = None, *, lora_name: str | None = None, zero_init: bool = False):
+    def __init__(
+        self, lm: VideoLM, head: ScalarHead | None = None, *, lora_name: str | None = None, zero_init: bool = False
+    ):
         self.lm = lm
         self.head = (head or ScalarHead(lm.hidden_size, zero_init=zero_init)).to(lm.device)
         self.lora_name = lora_name

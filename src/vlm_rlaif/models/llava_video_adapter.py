@@ -74,8 +74,8 @@ class LlavaVideoLM(VideoLM):
     def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.processor.preprocess_video(frames)
 
-    def num_video_tokens(self, pixels: torch.Tensor) -> int:
-        return self.config.num_video_tokens(pixels.shape[0])
+    def num_video_tokens(self, frames: np.ndarray | torch.Tensor) -> int:
+        return self.config.num_video_tokens(len(frames))
 
     def _features_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.base_model.get_video_features(pixels, [pixels.shape[0]])[0]
@@ -155,7 +155,9 @@ def _check_parts(config: LlavaVideoConfig, processor: LlavaVideoProcessor) -> No
         if model_value != processor_value
     ]
     if len(processor.tokenizer) > config.text_config.vocab_size:
-        mismatches.append(f"tokenizer has {len(processor.tokenizer)} tokens, model vocab_size {config.text_config.vocab_size}")
+        mismatches.append(
+            f"tokenizer has {len(processor.tokenizer)} tokens, model vocab_size {config.text_config.vocab_size}"
+        )
     if mismatches:
         raise UserError("model and processor disagree: " + "; ".join(mismatches))
 

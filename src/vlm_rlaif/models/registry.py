@@ -73,7 +73,9 @@ def family_of_directory(directory: str | os.PathLike) -> str:
         if model_type in cls.model_types:
             return family
     known = {family: list(cls.model_types) for family, cls in sorted(FAMILIES.items())}
-    raise UserError(f"{config_file}: model_type {model_type!r} belongs to no known family (families and their model types: {known})")
+    raise UserError(
+        f"{config_file}: model_type {model_type!r} belongs to no known family (families and their model types: {known})"
+    )
 
 
 def load_adapter_model(directory: str | os.PathLike, **load_kwargs) -> VideoLM:

@@ -37,7 +37,9 @@ SIZES = {
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
     ),
     "small": (
-        dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8),
+        dict(
+            hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8
+        ),
         dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
     ),
 }
@@ -53,7 +55,9 @@ def train_tokenizer(
     when given.
     """
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ConfigError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
+        raise ConfigError(
+            f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}"
+        )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -7,8 +7,6 @@ shapes (CLIP ViT-L/14 at 336 px, second-to-last layer, 2-layer MLP projector, Vi
 
 from __future__ import annotations
 
-from typing import Literal
-
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec

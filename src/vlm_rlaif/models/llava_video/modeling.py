@@ -112,7 +112,8 @@ class LlavaVideoModel(LlavaVideoPreTrainedModel):
                 f"video_num_frames {num_frames} sums to {sum(num_frames)} but {pixel_values_videos.shape[0]} "
                 "frames were given"
             )
-        tower_out = self.vision_tower(pixel_values_videos, output_hidden_states=True)
+        pixels = pixel_values_videos.to(self.vision_tower.dtype)
+        tower_out = self.vision_tower(pixels, output_hidden_states=True)
         patch_features = tower_out.hidden_states[self.config.vision_feature_layer][:, 1:]  # drop CLS
         projected = self.multi_modal_projector(patch_features)
         per_video = torch.split(projected, num_frames, dim=0)

@@ -272,8 +272,9 @@ class LlavaVideoProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """transformers-style call on already rendered text: one `<video>` per video, in order.
 
-        Returns input_ids (BOS first, as encode_conversation) and attention_mask (padded on the tokenizer's padding side), and for videos
-        pixel_values_videos (all frames stacked) with video_num_frames.
+        Returns input_ids (BOS first, as encode_conversation) and attention_mask (padded on the
+        tokenizer's padding side), and for videos pixel_values_videos (all frames stacked) with
+        video_num_frames.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
