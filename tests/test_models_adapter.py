@@ -25,6 +25,9 @@ from vlm_rlaif.models import (
 from vlm_rlaif.models.llava_video import VideoInputError
 from vlm_rlaif.models.registry import family_class
 
+# peft asks transformers a deprecated question; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
 CORPUS = ["What colour is the circle? The circle is red.", "Answer A is better. Answer B is better."] * 30
 
 
@@ -299,3 +302,25 @@ def test_loading_errors_are_clear(lm, tmp_path):
         load_adapter_model(tmp_path / "noweights")
     with pytest.raises(UserError, match="unknown model family"):
         family_class("nope")
+
+
+def test_data_parallel_wrapper_keeps_the_interface(tokenizer, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from vlm_rlaif.models import LoraSettings, count_visual_calls
+
+    lm = build_tiny_model("tiny", tokenizer, seed=4)
+    lm.add_lora("policy", LoraSettings(r=2, alpha=2))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        lm.model = DistributedDataParallel(lm.model)  # what accelerate.prepare does under DDP
+        assert lm.base_model.__class__.__name__ == "LlavaVideoForCausalLM" and lm.active_adapter == "policy"
+        with count_visual_calls(lm) as counts:
+            lm.forward(lm.collate([chat("q", "a", frames(3), "ddp")])).loss.backward()
+        assert counts.video_forwards_with_grad == 1
+        assert lm.generate([ask("q", frames(3), "ddp")], GenerationSettings(max_new_tokens=2))[0].token_ids
+        with lm.adapter_disabled(), torch.no_grad():
+            lm.response_logprobs([ask("q", frames(3), "ddp")], [[40]])
+    finally:
+        dist.destroy_process_group()

@@ -256,7 +256,7 @@ def test_activation_checkpointing_keeps_gradients(tokenizer, use_lora):
         else:
             lm.set_trainable(language_model=True, projector=True)
         if checkpointing:
-            lm.enable_activation_checkpointing()
+            lm.enable_gradient_checkpointing()
             assert lm.base_model.is_activation_checkpointing
         lm.model.train()
         lm.forward(lm.collate([example])).loss.backward()

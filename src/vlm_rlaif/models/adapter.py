@@ -199,9 +199,16 @@ class VideoLM:
     # ---------------------------------------------------------------- basic properties
 
     @property
+    def unwrapped_model(self) -> nn.Module:
+        """`model` without a data-parallel wrapper (DDP / accelerate keep the model under `.module`).
+        Add LoRA adapters before wrapping; `forward` goes through the wrapper (gradient sync)."""
+        return getattr(self.model, "module", self.model)
+
+    @property
     def base_model(self) -> nn.Module:
-        """The transformers model, also when wrapped by peft."""
-        return self.model.get_base_model() if self.adapter_names else self.model
+        """The transformers model, also when wrapped by peft or for data-parallel training."""
+        model = self.unwrapped_model
+        return model.get_base_model() if self.adapter_names else model
 
     @property
     def device(self) -> torch.device:
@@ -546,7 +553,7 @@ class VideoLM:
                 )
                 inputs = self.model_inputs(batch)
                 inputs.pop("position_ids")  # generate derives them from the mask, step by step
-                sequences = self.model.generate(**inputs, generation_config=config)
+                sequences = self.unwrapped_model.generate(**inputs, generation_config=config)
                 new_tokens = sequences[:, batch["input_ids"].shape[1] :].tolist()
                 for (example_index, sample_index), tokens in zip(chunk, new_tokens):
                     results.append(self._to_generation(example_index, sample_index, tokens))
@@ -588,7 +595,7 @@ class VideoLM:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def enable_activation_checkpointing(self) -> None:
+    def enable_gradient_checkpointing(self) -> None:
         """Recompute each layer's activations in the backward pass: far less memory, about a third
         more compute (non-reentrant, so frozen embeddings under LoRA need no special care)."""
         self.base_model.activation_checkpointing_enable()
@@ -600,7 +607,7 @@ class VideoLM:
             raise UserError(
                 "with LoRA the reference is the same base with the adapter disabled: use adapter_disabled()"
             )
-        model = copy.deepcopy(self.model).eval()
+        model = copy.deepcopy(self.unwrapped_model).eval()
         model.requires_grad_(False)
         return type(self)(model, self.processor, feature_cache=self.feature_cache)
 
@@ -612,7 +619,7 @@ class VideoLM:
 
     @property
     def active_adapter(self) -> str | None:
-        return self.model.active_adapter if self.adapter_names else None
+        return self.unwrapped_model.active_adapter if self.adapter_names else None
 
     def _peft_config(self, settings: LoraSettings):
         visual = self.visual_modules()
@@ -636,7 +643,7 @@ class VideoLM:
 
             self.model = prepare_model_for_kbit_training(self.model)
         if self.adapter_names:
-            self.model.add_adapter(name, config)
+            self.unwrapped_model.add_adapter(name, config)
         else:
             self.model = get_peft_model(self.model, config, adapter_name=name)
         self._lora_trainable[name] = True
@@ -654,7 +661,7 @@ class VideoLM:
         if name in self._lora_trainable:
             raise ConfigError(f"a LoRA adapter named {name!r} already exists")
         if self.adapter_names:
-            self.model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
+            self.unwrapped_model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
         else:
             self.model = PeftModel.from_pretrained(
                 self.model, str(directory), adapter_name=name, is_trainable=trainable
@@ -672,29 +679,29 @@ class VideoLM:
             raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self.model, adapter_name=name)
+        state = get_peft_model_state_dict(self.unwrapped_model, adapter_name=name)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
-        self.model.peft_config[name].save_pretrained(str(directory))
+        self.unwrapped_model.peft_config[name].save_pretrained(str(directory))
 
     def set_adapter(self, name: str) -> None:
         """Make a named adapter the active one (trainable only if it was added or loaded trainable)."""
         if name not in self._lora_trainable:
             raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
-        self.model.set_adapter(name, inference_mode=not self._lora_trainable[name])
+        self.unwrapped_model.set_adapter(name, inference_mode=not self._lora_trainable[name])
 
     @contextmanager
     def adapter_disabled(self) -> Iterator[None]:
         """Run the bare base model (the LoRA reference policy) inside this block."""
         if not self.adapter_names:
             raise UserError("no LoRA adapter is attached; under full fine-tuning use frozen_copy() as the reference")
-        with self.model.disable_adapter():
+        with self.unwrapped_model.disable_adapter():
             yield
 
     def merge_lora(self) -> None:
         """Fold the active adapter into the base weights and drop all adapters (e.g. after SFT)."""
         if not self.adapter_names:
             raise UserError("no LoRA adapter to merge")
-        self.model = self.model.merge_and_unload(adapter_names=[self.active_adapter])
+        self.model = self.unwrapped_model.merge_and_unload(adapter_names=[self.active_adapter])
         self._lora_trainable.clear()
 
     # ---------------------------------------------------------------- save / load
@@ -705,7 +712,7 @@ class VideoLM:
             raise UserError("LoRA adapters are attached: merge_lora() first, or save them with save_lora()")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
+        self.unwrapped_model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
         info = {"family": self.family, "format": 1}
         (directory / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
