@@ -78,6 +78,14 @@ def render_judge_prompt(item: JudgeItem) -> str:
     return judge_template(item.context is not None).render(**values)
 
 
+def two_way_probability(logprob_a: float, logprob_b: float) -> float:
+    """P(A) renormalised over {A, B} from their log-probabilities (a sigmoid that cannot overflow)."""
+    difference = logprob_a - logprob_b
+    if difference >= 0:
+        return 1.0 / (1.0 + math.exp(-difference))
+    return math.exp(difference) / (1.0 + math.exp(difference))
+
+
 def model_dir_version(directory: str | Path) -> str:
     """A short digest of a model directory's config and weight files (names and sizes): cheap even
     for 7B checkpoints, and it changes when the weights are replaced."""
@@ -119,11 +127,11 @@ class LocalJudge:
         verdicts = []
         for (logprob_a, logprob_b), rationale in zip(logprobs.tolist(), rationales):
             mass = math.exp(logprob_a) + math.exp(logprob_b)
-            prob_a = 1.0 / (1.0 + math.exp(logprob_b - logprob_a))  # renormalised over the two
             invalid = None
-            if mass < self.settings.min_verdict_mass:
+            if mass <= 0.0 or mass < self.settings.min_verdict_mass:
                 invalid = f"P(A) + P(B) = {mass:.3g} is below min_verdict_mass {self.settings.min_verdict_mass}"
-            verdicts.append(Verdict(None if invalid else prob_a, invalid, rationale, mass))
+            prob_a = None if invalid else two_way_probability(logprob_a, logprob_b)
+            verdicts.append(Verdict(prob_a, invalid, rationale, mass))
         return verdicts
 
 
@@ -233,5 +241,6 @@ __all__ = [
     "judge_template",
     "model_dir_version",
     "render_judge_prompt",
+    "two_way_probability",
     "verdict_position",
 ]

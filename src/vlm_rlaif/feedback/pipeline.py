@@ -47,6 +47,7 @@ from vlm_rlaif.feedback.judges import (
 from vlm_rlaif.feedback.preferences import STATUSES, decide, preference_record, side
 from vlm_rlaif.models import FeatureCache, VideoExample, VideoLM, load_adapter_model
 from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.video import VideoLoadError
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,11 @@ class FeedbackRunner:
     # ------------------------------------------------------------------ candidates
 
     def video(self, prompt: InstructionRecord) -> tuple[np.ndarray, str]:
-        return self.frames.video(prompt.video_source, where=f"{self.config.prompts}: record {prompt.id}")
+        where = f"{self.config.prompts}: record {prompt.id}"
+        try:
+            return self.frames.video(prompt.video_source, where=where)
+        except VideoLoadError as err:
+            raise RecordError(f"{where}: {err}") from err
 
     def ensure_candidates(self, prompts: list[InstructionRecord], seed: int) -> None:
         """Sample (and log) candidates for the prompts that have none yet."""
