@@ -13,7 +13,8 @@ How each stage uses it:
 - AI feedback: `generate(examples, GenerationSettings(num_samples=K, temperature=...))` for candidate
   answers and clip descriptions (a clip is a VideoExample whose frames are a subset of the video's,
   with its own video_key, e.g. "v12@uniform50/clip0"); the judge reads
-  `next_token_logprobs(examples, ["A", "B"], assistant_prefix="The better answer is")`.
+  `next_token_logprobs(examples, [" A", " B"], assistant_prefix="The better answer is")` (candidates
+  written as they follow the prefix, here with their leading space).
 - Reward / value model: `hidden_states(batch)` feeds `vlm_rlaif.models.heads.ScalarModel`.
 - PPO: `generate` (the frozen visual path runs once per video through the feature cache), then
   `response_logprobs(examples, responses)` with grad for the policy and, for the reference, the same
@@ -503,7 +504,7 @@ class VideoLM:
         generation prompt, opened with `assistant_prefix`. Over the full vocabulary, so the
         probabilities of the candidates sum to at most 1."""
         candidate_ids = torch.tensor(self.candidate_token_ids(candidates, assistant_prefix))
-        rows = []
+        rows = [torch.zeros((0, len(candidates)))]
         with self.eval_mode():
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start : start + batch_size]
@@ -569,6 +570,7 @@ class VideoLM:
 
     @contextmanager
     def eval_mode(self) -> Iterator[None]:
+        """Dropout off inside the block; the previous train/eval mode comes back after it."""
         was_training = self.model.training
         self.model.eval()
         try:

@@ -96,7 +96,7 @@ class ScalarModel:
 
         The reward stage decides the input: e.g. (video, question, answer, evaluation question) with a
         generation prompt, so the last token is the one before the score."""
-        scores = []
+        scores = [torch.zeros(0)]
         with self.lm.eval_mode():
             for start in range(0, len(examples), batch_size):
                 batch = self.lm.collate(

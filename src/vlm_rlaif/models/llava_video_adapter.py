@@ -107,7 +107,8 @@ class LlavaVideoLM(VideoLM):
         )
 
     def _prompt_tail(self, assistant_prefix: str | None) -> str:
-        return f"{ASSISTANT_ROLE}: {assistant_prefix}" if assistant_prefix else f"{ASSISTANT_ROLE}:"
+        # As in the prompt: a space, then the open assistant turn.
+        return f" {ASSISTANT_ROLE}: {assistant_prefix}" if assistant_prefix else f" {ASSISTANT_ROLE}:"
 
     def _fingerprint_extra(self) -> str:
         c = self.config
