@@ -1,0 +1,198 @@
+"""Instruction records -> VideoExamples, and the order in which trainers see them.
+
+    records = read_instruction_file("sft/SFT_short.json")        # each with its "file:line"
+    dataset = InstructionDataset(records, frame_store)            # item i -> VideoExample
+    plan = batch_plan(range(len(dataset)), 16, epochs=1, seed=0, lengths=dataset.lengths(tokenizer))
+    batches = PlannedBatches(plan, dataset, lm.collate)            # what train.loop.train consumes
+
+Decoded frames are kept by the FrameStore's LRU (size it to the number of distinct videos for small
+sets, or call `preload()`), so later epochs do not decode again; a clip record reuses its video's
+frames.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from vlm_rlaif.data.frames import FrameStore
+from vlm_rlaif.data.jsonio import iter_raw
+from vlm_rlaif.data.paths import resolve_video_source
+from vlm_rlaif.data.records import InstructionRecord, to_messages
+from vlm_rlaif.errors import RecordError, UserError
+from vlm_rlaif.models.adapter import VideoExample
+
+
+@dataclass(frozen=True)
+class SourcedRecord:
+    """A record and where it came from ("path:line (id X)"), for error messages."""
+
+    record: InstructionRecord
+    where: str
+
+
+def read_instruction_file(path: str | Path) -> list[SourcedRecord]:
+    """Validate every record of a JSON array / JSONL file; errors name the file, line and field."""
+    records = []
+    for line, raw in iter_raw(path):
+        where = f"{path}:{line}" + (f" (id {raw['id']})" if "id" in raw else "")
+        try:
+            records.append(SourcedRecord(InstructionRecord.model_validate(raw), where))
+        except ValidationError as err:
+            fields = "; ".join(f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors())
+            raise RecordError(f"{where}: {fields}") from None
+    return records
+
+
+def answer_words(record: InstructionRecord) -> int:
+    """Words in all assistant turns (what the answer-length curriculum splits on)."""
+    return sum(len(turn.value.split()) for turn in record.conversations if turn.speaker == "gpt")
+
+
+def video_identity(record: InstructionRecord) -> str:
+    """The video a record is about (its clip records share it): the held-out split is by video."""
+    source = record.video_source
+    return source if isinstance(source, str) else source[0]
+
+
+class InstructionDataset:
+    """Training conversations about videos: item i is a VideoExample (conversation, frames, video_key).
+
+    Every record is checked when the dataset is built (roles alternate human/gpt and end with a gpt
+    answer; the video file or frame images exist), so a bad record fails before training starts, with
+    its file and line. Frames are decoded on first use (or by `preload`).
+    """
+
+    def __init__(self, records: Iterable[SourcedRecord], frame_store: FrameStore):
+        self.records = list(records)
+        self.frame_store = frame_store
+        self._messages = [_training_messages(r) for r in self.records]
+        for sourced in self.records:
+            _check_video_exists(frame_store.root, sourced)
+        self._lengths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> VideoExample:
+        sourced = self.records[index]
+        try:
+            frames, key = self.frame_store.for_record(sourced.record, where=sourced.where)
+        except UserError as err:
+            if isinstance(err, RecordError):  # already names the record
+                raise
+            raise RecordError(f"{sourced.where}: {err}") from err  # e.g. a video that does not decode
+        return VideoExample(conversation=self._messages[index], video=frames, video_key=key)
+
+    def preload(self) -> None:
+        """Decode every distinct video once now (the frame store must be large enough to hold them)."""
+        seen = set()
+        for sourced in tqdm(self.records, desc="decoding videos", leave=False):
+            identity = video_identity(sourced.record)
+            if identity not in seen:
+                seen.add(identity)
+                self.frame_store.video(sourced.record.video_source, where=sourced.where)
+
+    def lengths(self, tokenizer) -> list[int]:
+        """Text tokens per example (all turns, without the template and video tokens): the key for
+        length-grouped batching. Computed once."""
+        if self._lengths is None:
+            texts = [" ".join(m["content"] for m in messages) for messages in self._messages]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            self._lengths = [len(row) for row in ids]
+        return self._lengths
+
+    def distinct_videos(self) -> int:
+        return len({video_identity(r.record) for r in self.records})
+
+
+def _training_messages(sourced: SourcedRecord) -> list[dict[str, str]]:
+    speakers = [turn.speaker for turn in sourced.record.conversations]
+    expected = ["human" if i % 2 == 0 else "gpt" for i in range(len(speakers))]
+    if speakers != expected or speakers[-1] != "gpt":
+        raise RecordError(
+            f"{sourced.where}: a training conversation alternates human/gpt from a human turn and ends "
+            f"with a gpt answer; got {speakers}"
+        )
+    return to_messages(sourced.record.conversations)
+
+
+def _check_video_exists(root: Path, sourced: SourcedRecord) -> None:
+    resolved = resolve_video_source(root, sourced.record.video_source, where=sourced.where)
+    missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
+    if missing:
+        raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
+
+
+def batch_plan(
+    indices: Iterable[int],
+    batch_size: int,
+    *,
+    epochs: int = 1,
+    seed: int = 0,
+    lengths: Sequence[int] | None = None,
+    group_size: int = 32,
+) -> list[list[int]]:
+    """Micro-batches (lists of dataset indices) for `epochs` passes over `indices`, reshuffled each
+    epoch; the last batch of an epoch may be smaller (nothing is dropped).
+
+    With `lengths`, batches are length-grouped: each window of group_size * batch_size shuffled
+    indices is sorted by length and cut into batches, then the epoch's batches are shuffled. A batch
+    then holds similar lengths (little padding) while the order stays random.
+    """
+    pool = list(indices)
+    if batch_size < 1 or epochs < 0:
+        raise UserError(f"batch_size must be >= 1 and epochs >= 0, got {batch_size}, {epochs}")
+    rng = random.Random(seed)
+    plan: list[list[int]] = []
+    for _ in range(epochs):
+        order = pool[:]
+        rng.shuffle(order)
+        if lengths is None:
+            plan.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
+            continue
+        window = group_size * batch_size
+        epoch: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+            epoch.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        rng.shuffle(epoch)
+        plan.extend(epoch)
+    return plan
+
+
+class PlannedBatches(Sequence):
+    """Collated micro-batches in plan order, built on access: `batches[i]` = collate(examples of plan[i])."""
+
+    def __init__(self, plan: Sequence[Sequence[int]], dataset: InstructionDataset, collate: Callable[[list[VideoExample]], dict]):
+        self.plan = plan
+        self.dataset = dataset
+        self.collate = collate
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> dict:
+        members = self.plan[index]
+        examples = [self.dataset[i] for i in members]
+        try:
+            return self.collate(examples)
+        except UserError as err:  # the model's message names "example k" of this batch: add the files
+            wheres = ", ".join(f"example {k} = {self.dataset.records[i].where}" for k, i in enumerate(members))
+            raise RecordError(f"{err} [{wheres}]") from err
+
+
+__all__ = [
+    "InstructionDataset",
+    "PlannedBatches",
+    "SourcedRecord",
+    "answer_words",
+    "batch_plan",
+    "read_instruction_file",
+    "video_identity",
+]

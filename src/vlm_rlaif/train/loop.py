@@ -1,0 +1,452 @@
+"""The training loop every supervised trainer shares (SFT, reward model, DPO, PPO's policy init).
+
+The caller builds everything that depends on the model and the task:
+    model     the nn.Module whose requires_grad parameters train (e.g. `lm.model`, or an
+              nn.ModuleDict holding a backbone and a scalar head), already on `accelerator.device`;
+    batches   a Sequence of micro-batches in training order (e.g. `train.data.PlannedBatches`). The
+              loop only indexes it, so the data position is one integer a checkpoint can hold;
+    loss_fn   batch -> (loss tensor, metrics dict of floats); run with grad to train and under
+              no_grad on `eval_batches`.
+The loop does the rest: AdamW, warm-up then a constant / linear / cosine schedule, gradient
+accumulation, data parallelism across `accelerate launch` processes, gradient clipping, evaluation,
+metrics (RunDir.log_metrics), a progress bar, checkpoints and resume.
+
+One optimizer step consumes `grad_accum * num_processes` consecutive micro-batches; process r takes
+those whose offset in the window is r modulo num_processes. Every micro-batch weighs the same: the
+step's gradient is the mean of its micro-batches' gradients, whichever process computed them. After
+the accumulation the gradients are summed across processes with all-reduce (not a DDP wrapper: the
+caller's loss_fn reaches the model through its own adapter methods, which a wrapper cannot
+intercept). A 1-process run with grad_accum=2 and a 2-process run with grad_accum=1 therefore take
+the same steps.
+
+Checkpoints: <run>/checkpoints/step_<N>/ holds trainable.safetensors (the requires_grad parameters by
+name: a LoRA adapter and whatever else trains, or the full weights), optimizer.pt, scheduler.pt,
+rng_<rank>.pt and state.json (step, number of micro-batches, processes, grad_accum). A checkpoint is
+written under a temporary name and renamed when complete, so a kill mid-write leaves the previous one
+usable. `train` resumes from the newest complete checkpoint and, with the same batches, ends with the
+same weights as an uninterrupted run (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.rundir import RunDir
+
+LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
+CHECKPOINT_PREFIX = "step_"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings shared by every trainer (a stage config's `train` section).
+
+    batch_size: examples per micro-batch per process (the caller builds micro-batches of this size).
+    grad_accum: micro-batches per process per optimizer step.
+    max_steps: > 0 trains exactly this many optimizer steps, cycling through the batches;
+        0 makes one pass over the batches (callers put their epochs into the batches).
+    warmup_steps: > 0 overrides warmup_ratio (a share of the total steps).
+    max_grad_norm: clip the global gradient norm to this (0: no clipping; the norm is still logged).
+    eval_every / save_every: in optimizer steps; 0 = evaluate only before and after training / no
+        checkpoints. keep_checkpoints: how many of the newest checkpoints to keep.
+    mixed_precision: "bf16" runs loss_fn under autocast (weights and optimizer stay as loaded).
+    cpu: force the CPU even when a GPU is visible.
+    """
+
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16"] = "no"
+    cpu: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("train.lr must be > 0, train.weight_decay and train.max_grad_norm >= 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train` call reports.
+
+    train_metrics: means over the last logged window (loss and loss_fn's metrics).
+    eval_history: (step, metrics) for every evaluation, the one before training (step 0) included
+        unless the run resumed.
+    """
+
+    steps: int
+    resumed_from_step: int | None
+    train_metrics: dict[str, float]
+    eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_eval(self) -> dict[str, float]:
+        return self.eval_history[-1][1] if self.eval_history else {}
+
+
+def accelerator_for(settings: TrainSettings) -> Accelerator:
+    """The Accelerator a trainer uses (also under `accelerate launch`); create it before the model so
+    the model can be placed on `accelerator.device`."""
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # mixed_precision; stages run one after another in one process (the demo) may differ. Only the
+    # precision part is reset: the process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=settings.cpu, mixed_precision=settings.mixed_precision)
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence,
+    settings: TrainSettings,
+    *,
+    eval_batches: Sequence | None = None,
+    run: RunDir | None = None,
+    accelerator: Accelerator | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model`'s requires_grad parameters on `batches` (see the module docstring).
+
+    run: where metrics (main process) and checkpoints go; a run directory holding checkpoints
+        resumes from the newest one. Without it nothing is written.
+    """
+    accelerator = accelerator or accelerator_for(settings)
+    if len(batches) == 0:
+        raise UserError(f"{desc}: no training batches")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError(f"{desc}: the model has no trainable parameters")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = settings.grad_accum * world
+    total_steps = settings.max_steps or math.ceil(len(batches) / per_step)
+
+    torch.manual_seed(settings.seed)
+    _broadcast_from_main(params, world)  # every process starts from the same weights
+    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings, total_steps))
+
+    checkpoints = run.path / "checkpoints" if run is not None else None
+    resumed_from = None
+    if checkpoints is not None:
+        latest = latest_checkpoint(checkpoints)
+        if latest is not None:
+            resumed_from = _load_checkpoint(latest, model, optimizer, scheduler, len(batches), settings, world, rank)
+            if accelerator.is_main_process:
+                _drop_metrics_after(run.path / "metrics.jsonl", resumed_from)
+    start_step = resumed_from or 0
+
+    def evaluate(step: int, history: list) -> None:
+        metrics = _evaluate(model, loss_fn, eval_batches, accelerator)
+        history.append((step, metrics))
+        if run is not None and accelerator.is_main_process:
+            run.log_metrics(step, **{f"eval_{k}": v for k, v in metrics.items()})
+
+    eval_history: list[tuple[int, dict[str, float]]] = []
+    if eval_batches and resumed_from is None:
+        evaluate(0, eval_history)
+
+    model.train()
+    progress = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not accelerator.is_main_process)
+    window: dict[str, float] = {}
+    window_count = 0
+    train_metrics: dict[str, float] = {}
+    started = time.time()
+    for step in range(start_step, total_steps):
+        step_started = time.time()
+        first = step * per_step
+        if settings.max_steps:
+            positions = [(first + i) % len(batches) for i in range(per_step)]
+        else:
+            positions = list(range(first, min(first + per_step, len(batches))))
+        for slot in range(rank, len(positions), world):
+            with accelerator.autocast():
+                loss, metrics = loss_fn(batches[positions[slot]])
+            loss.backward()
+            window["loss"] = window.get("loss", 0.0) + loss.item()
+            for key, value in metrics.items():
+                window[key] = window.get(key, 0.0) + float(value)
+            window_count += 1
+        _sum_gradients(params, world)
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(len(positions))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        progress.update(1)
+
+        if done % settings.log_every == 0 or done == total_steps:
+            train_metrics = _mean_across_processes(window, window_count, world)
+            window, window_count = {}, 0
+            progress.set_postfix(loss=f"{train_metrics.get('loss', float('nan')):.4f}")
+            if run is not None and accelerator.is_main_process:
+                run.log_metrics(
+                    done, **train_metrics, lr=lr, grad_norm=float(grad_norm), step_seconds=time.time() - step_started
+                )
+        if eval_batches and settings.eval_every and done % settings.eval_every == 0 and done < total_steps:
+            evaluate(done, eval_history)
+        if checkpoints is not None and settings.save_every and (done % settings.save_every == 0 or done == total_steps):
+            save_checkpoint(checkpoints, done, model, optimizer, scheduler, len(batches), settings, accelerator)
+    progress.close()
+
+    if eval_batches:
+        evaluate(total_steps, eval_history)
+    return TrainResult(
+        steps=total_steps,
+        resumed_from_step=resumed_from,
+        train_metrics=train_metrics,
+        eval_history=eval_history,
+        seconds=time.time() - started,
+    )
+
+
+# ---------------------------------------------------------------------------- optimisation
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not on biases and norm weights), as usual for transformers."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier at an optimizer step: linear warm-up from 0, then the schedule."""
+    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * total_steps)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        if settings.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if settings.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _broadcast_from_main(params: list[nn.Parameter], world: int) -> None:
+    if world > 1:
+        with torch.no_grad():
+            for p in params:
+                torch.distributed.broadcast(p.data, src=0)
+
+
+def _sum_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Sum every trainable parameter's gradient across processes (a missing gradient counts as 0,
+    e.g. the vision tower's when this process's micro-batches had no video)."""
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    handles = [torch.distributed.all_reduce(p.grad, async_op=True) for p in params]
+    for handle in handles:
+        handle.wait()
+
+
+def _mean_across_processes(sums: dict[str, float], count: int, world: int) -> dict[str, float]:
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, (sums, count))
+        sums, count = {}, 0
+        for process_sums, process_count in gathered:
+            for key, value in process_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += process_count
+    return {key: value / max(1, count) for key, value in sums.items()}
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loss_fn: LossFn, batches: Sequence, accelerator: Accelerator) -> dict[str, float]:
+    """Mean loss and metrics over the eval batches, each process taking every num_processes-th one."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for index in range(accelerator.process_index, len(batches), accelerator.num_processes):
+        with accelerator.autocast():
+            loss, metrics = loss_fn(batches[index])
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+    model.train(was_training)
+    return _mean_across_processes(sums, count, accelerator.num_processes)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The requires_grad parameters by name, detached on the CPU (what a checkpoint holds)."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint under `directory` (partial ones from a kill are ignored)."""
+    if not directory.is_dir():
+        return None
+    complete = [
+        p for p in directory.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(PARTIAL_SUFFIX)
+        and (p / "state.json").is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    num_batches: int,
+    settings: TrainSettings,
+    accelerator: Accelerator,
+) -> Path:
+    """Write checkpoint `step` (all processes call this; each saves its RNG state) and prune old ones."""
+    final = directory / f"{CHECKPOINT_PREFIX}{step:08d}"
+    partial = directory / (final.name + PARTIAL_SUFFIX)
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), partial / f"rng_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_file(trainable_state(model), partial / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+        state = {
+            "step": step,
+            "num_batches": num_batches,
+            "num_processes": accelerator.num_processes,
+            "grad_accum": settings.grad_accum,
+        }
+        (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        older = sorted(
+            (p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p != final and not p.name.endswith(PARTIAL_SUFFIX)),
+            key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]),
+        )
+        for old in older[: max(0, len(older) - (settings.keep_checkpoints - 1))]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _load_checkpoint(
+    path: Path, model: nn.Module, optimizer, scheduler, num_batches: int, settings: TrainSettings, world: int, rank: int
+) -> int:
+    state = json.loads((path / "state.json").read_text())
+    expected = {"num_batches": num_batches, "num_processes": world, "grad_accum": settings.grad_accum}
+    changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+    if changed:
+        details = ", ".join(f"{k}: checkpoint {old}, now {new}" for k, (old, new) in changed.items())
+        raise UserError(f"{path}: cannot resume, the data or process layout changed ({details})")
+    weights = load_file(path / "trainable.safetensors")
+    missing = set(trainable_state(model)) - set(weights)
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks trainable parameters, e.g. {sorted(missing)[:3]}")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng_{rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    return int(state["step"])
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """On resume, drop metric rows logged after the checkpoint: that work is redone."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from the kill
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
+__all__ = [
+    "LossFn",
+    "TrainResult",
+    "TrainSettings",
+    "accelerator_for",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "train",
+    "trainable_state",
+]
