@@ -1,0 +1,338 @@
+"""The reward model (stage 2b): its input, Bradley-Terry training on video-dependent pairs, the video
+reaching the loss forward, save/load, `rm score`, and clear errors for bad preference records."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlm_rlaif.cli import main as cli_main
+from vlm_rlaif.config import from_dict
+from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.errors import ConfigError, RecordError
+from vlm_rlaif.models import LoraSettings, VideoExample, build_tiny_model, count_visual_calls, train_tokenizer
+from vlm_rlaif.models.adapter import ModelInputError
+from vlm_rlaif.prompts import load_prompt
+from vlm_rlaif.reward import RewardModel, prompt_example
+from vlm_rlaif.rundir import read_metrics
+from vlm_rlaif.train.rm import (
+    PreferenceDataset,
+    PreferencePair,
+    RMConfig,
+    collate_pairs,
+    make_rm_loss,
+    pair_loss,
+    read_preference_file,
+    run_rm,
+    split_heldout,
+    usable_pairs,
+)
+from vlm_rlaif.video import write_video
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+QUESTION = "What colour is the video?"
+CONTEXT = "Clip 1: a secret context sentence that only the judge reads."
+NUM_FRAMES = 8
+NUM_VIDEOS = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def colour_frames(colour: str, rng: np.random.Generator) -> np.ndarray:
+    base = np.array(COLOURS[colour])[None, None, None]
+    return np.clip(base + rng.integers(-20, 20, (NUM_FRAMES, 32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def pair_record(index: int, colour: str, preference: int, video: str) -> dict:
+    """A pair whose preferred answer names the video's true colour. Both answers occur preferred and
+    not, in both positions, so only the video tells them apart."""
+    other = "blue" if colour == "red" else "red"
+    good, bad = f"The video is {colour}.", f"The video is {other}."
+    first, second = (good, bad) if preference == 1 else (bad, good)
+    return {
+        "id": f"p{index}",
+        "video": video,
+        "conversations": [{"from": "human", "value": f"<video>\n{QUESTION}"}],
+        "output_1": {"value": first},
+        "output_2": {"value": second},
+        "preference": preference,
+        "context": CONTEXT,
+        "judge": "test",
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Written videos (solid red or blue), our JSONL preference file about them, a tiny base model."""
+    root = tmp_path_factory.mktemp("rm_world")
+    rng = np.random.default_rng(0)
+    records = []
+    for v in range(NUM_VIDEOS):
+        colour = list(COLOURS)[v % 2]
+        write_video(colour_frames(colour, rng), root / f"v{v}.mp4")
+        records.append(pair_record(v, colour, 1 + (v // 2) % 2, f"v{v}.mp4"))
+    (root / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    corpus = [f"{QUESTION} The video is red. The video is blue."] * 20 + [load_prompt("rm_evaluation").text] * 5
+    tokenizer = train_tokenizer(corpus, vocab_size=400)
+    build_tiny_model("tiny", tokenizer, frames=NUM_FRAMES, seed=0).save(root / "sft")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    """One short training run on the colour pairs (shared by the tests that need a trained model)."""
+    config = from_dict(
+        RMConfig,
+        {
+            "out": str(world / "run"),
+            "model": {"path": str(world / "sft")},
+            "data": {"files": ["prefs.jsonl"], "root": str(world), "eval_pairs": 8},
+            "lora": {"r": 8, "alpha": 16},
+            "train": {
+                "batch_size": 8, "lr": 3e-3, "max_steps": 20, "schedule": "constant", "warmup_ratio": 0.0,
+                "eval_every": 10, "save_every": 10,
+            },
+        },
+    )
+    return run_rm(config), world / "run"
+
+
+def new_rm(world, seed=0) -> RewardModel:
+    from vlm_rlaif.models.registry import load_adapter_model
+
+    torch.manual_seed(seed)
+    lm = load_adapter_model(world / "sft")
+    return RewardModel.create(lm, LoraSettings(r=8, alpha=16), base_model=world / "sft")
+
+
+def store(world) -> FrameStore:
+    return FrameStore(world, FrameSampling(num_frames=NUM_FRAMES))
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_training_lowers_the_loss_and_beats_chance_on_held_out_videos(trained):
+    summary, run = trained
+    rows = read_metrics(run)
+    train_losses = [r["loss"] for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_accuracy" in r]
+    assert sum(train_losses[-5:]) / 5 < 0.5 * sum(train_losses[:3]) / 3
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 20
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    # The held-out pairs are about videos never trained on; text alone cannot beat 0.5 on them.
+    assert summary["heldout_videos"] == summary["heldout_pairs"] == 8
+    assert summary["train_pairs"] == NUM_VIDEOS - 8
+    assert summary["eval"]["heldout"]["pairs"] == 8
+    assert summary["eval"]["heldout"]["accuracy"] >= 0.75
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
+
+
+def test_save_load_and_rm_score_give_the_training_runs_scores(trained, world, tmp_path):
+    _, run = trained
+    heldout = [json.loads(line) for line in (run / "eval" / "heldout.jsonl").read_text().splitlines()]
+    records = {r.record.id: r for r in read_preference_file(world / "prefs.jsonl")}
+    dataset = PreferenceDataset([records[h["id"]] for h in heldout], store(world))
+
+    rm = RewardModel.load(run)  # the run directory: base model + adapter + head in one call
+    assert rm.frames.num_frames == NUM_FRAMES
+    pairs = [dataset[i] for i in range(len(dataset))]
+    prompts = [p.prompt for p in pairs]
+    outputs_1 = [records[h["id"]].record.output_1.value for h in heldout]
+    scores = rm.score(prompts, outputs_1, batch_size=3)
+    assert scores.tolist() == pytest.approx([h["reward_1"] for h in heldout], abs=1e-5)
+    videos = [p.prompt.video for p in pairs]
+    by_question = rm.score_questions([QUESTION] * len(pairs), outputs_1, videos=videos)
+    assert by_question.tolist() == pytest.approx(scores.tolist(), abs=1e-5)
+
+    out = tmp_path / "scores.jsonl"
+    assert cli_main(["rm", "score", "--rm", str(run / "model"), "--records", str(world / "prefs.jsonl"), "--out", str(out)]) == 0
+    scored = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(scored) == NUM_VIDEOS
+    for h in heldout:
+        assert scored[h["id"]]["reward_1"] == pytest.approx(h["reward_1"], abs=1e-5)
+        assert scored[h["id"]]["reward_2"] == pytest.approx(h["reward_2"], abs=1e-5)
+        assert scored[h["id"]]["correct"] == h["correct"]
+    # A second run finds every record scored and appends nothing.
+    assert cli_main(["rm", "score", "--rm", str(run), "--records", str(world / "prefs.jsonl"), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == NUM_VIDEOS
+
+
+def test_a_finished_run_is_not_silently_overwritten(trained, world):
+    _, run = trained
+    config = ["rm", "--config", str(run / "config.yaml")]
+    assert cli_main(config) == 2  # RunDirError: a finished run
+    assert (run / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------------------ the loss forward
+
+
+def test_the_video_reaches_the_loss_forward_and_both_answers_share_one_encode(world):
+    rm = new_rm(world)
+    dataset = PreferenceDataset(read_preference_file(world / "prefs.jsonl")[:2], store(world))
+    pairs = [dataset[0], dataset[1]]
+    loss_fn = make_rm_loss(rm, center_coef=1e-3)
+
+    with count_visual_calls(rm.lm) as counts:
+        loss, metrics = loss_fn(collate_pairs(rm, pairs))
+        loss.backward()
+    assert counts.with_grad > 0 and counts.calls_with_grad["splice"] > 0
+    assert counts.video_forwards_with_grad == counts.forwards_with_grad == 1
+    # Two pairs, two videos: the frozen tower ran once per video (no grad), not once per answer.
+    assert counts.calls_without_grad["vision_tower"] == 2
+    assert counts.calls_with_grad["vision_tower"] == 0
+    lora_grads = [p.grad for n, p in rm.lm.model.named_parameters() if "lora_" in n and p.grad is not None]
+    assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
+    assert rm.head.linear.weight.grad.abs().sum() > 0
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+    # Drop the video: the same loss then never splices one in, and the probe says so.
+    blind = [PreferencePair(VideoExample(p.prompt.conversation), p.chosen, p.rejected) for p in pairs]
+    with count_visual_calls(rm.lm) as counts:
+        loss, _ = loss_fn(collate_pairs(rm, blind))
+        loss.backward()
+    assert counts.with_grad == 0 and counts.forwards_with_grad == 1
+
+
+def test_pair_loss_is_bradley_terry_plus_the_centring_term():
+    rewards = torch.tensor([2.0, 0.5, 0.0, 1.5])  # chosen (2.0, 0.5), others (0.0, 1.5)
+    loss, metrics = pair_loss(rewards, center_coef=0.1)
+    margins = torch.tensor([2.0, -1.0])
+    bradley_terry = torch.nn.functional.softplus(-margins).mean()
+    assert loss.item() == pytest.approx(bradley_terry.item() + 0.1 * 1.0)
+    assert metrics["bt_loss"] == pytest.approx(bradley_terry.item())
+    assert metrics["accuracy"] == 0.5
+    assert metrics["reward_mean"] == pytest.approx(1.0)
+    assert pair_loss(torch.tensor([1.0, 1.0]), 0.0)[1]["accuracy"] == 0.5  # a tie counts half
+
+
+# ------------------------------------------------------------------------------ the input
+
+
+def test_the_input_ends_with_the_score_prefix_and_excludes_the_context(world):
+    rm = new_rm(world)
+    dataset = PreferenceDataset(read_preference_file(world / "prefs.jsonl")[:1], store(world))
+    pair = dataset[0]
+    batch = collate_pairs(rm, [pair])
+    tokenizer = rm.lm.tokenizer
+    video_id = rm.lm.video_token_id
+    texts = []
+    for row, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        ids = [i for i, m in zip(row.tolist(), mask.tolist()) if m and i != video_id]
+        assert video_id in row.tolist()
+        texts.append(tokenizer.decode(ids, skip_special_tokens=False))
+    evaluation = load_prompt("rm_evaluation").text
+    for text, answer in zip(texts, [pair.chosen, pair.rejected]):
+        assert text.endswith(f"USER: {evaluation} ASSISTANT: Score:")
+        assert f"USER: {QUESTION} ASSISTANT: {answer}</s>USER: {evaluation}" in text.replace("\n", " ").replace("  ", " ")
+        assert "secret context" not in text
+    # Scoring builds the very same input as training.
+    same = rm.collate([pair.prompt], [pair.chosen])
+    chosen_row = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    assert same["input_ids"][0][same["attention_mask"][0].bool()].tolist() == chosen_row.tolist()
+    with pytest.raises(ModelInputError, match="must end with a user turn"):
+        rm.collate([VideoExample([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])], ["b"])
+
+
+def test_the_public_layout_loads_with_frame_images_and_a_trailing_answer(world, tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "frames").mkdir()
+    images = []
+    for t, frame in enumerate(colour_frames("red", rng)):
+        Image.fromarray(frame).save(tmp_path / "frames" / f"{t:03d}.png")
+        images.append(f"frames/{t:03d}.png")
+    public = [{
+        "id": 7,
+        "images": images,
+        "conversations": [{"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": "SFT answer"}],
+        "output_1": {"value": "The video is blue."},
+        "output_2": {"value": "The video is red."},
+        "preference": 2,
+    }]
+    (tmp_path / "RM_public.json").write_text(json.dumps(public, indent=1))
+    dataset = PreferenceDataset(read_preference_file(tmp_path / "RM_public.json"), FrameStore(tmp_path, FrameSampling(NUM_FRAMES)))
+    pair = dataset[0]
+    assert pair.prompt.conversation == [{"role": "user", "content": QUESTION}]
+    assert pair.chosen == "The video is red." and pair.rejected == "The video is blue."
+    assert pair.prompt.video.shape == (NUM_FRAMES, 32, 32, 3)
+    assert new_rm(world).score([pair.prompt], [pair.chosen]).shape == (1,)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("output_2"), r"prefs\.jsonl:2 \(id p1\): field 'output_2': Field required"),
+        (lambda r: r.update(preference=3), r"prefs\.jsonl:2 \(id p1\): field 'preference'"),
+        (lambda r: r.update(preference="first"), r"prefs\.jsonl:2 \(id p1\): field 'preference'"),
+        (lambda r: r["output_1"].pop("value"), r"prefs\.jsonl:2 \(id p1\): field 'output_1\.value'"),
+    ],
+)
+def test_bad_records_are_errors_naming_file_and_line(tmp_path, change, message):
+    records = [pair_record(0, "red", 1, "v0.mp4"), pair_record(1, "blue", 2, "v1.mp4")]
+    change(records[1])
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RecordError, match=message):
+        read_preference_file(path)
+
+
+def test_bad_prompts_and_missing_videos_fail_before_training(world, tmp_path):
+    record = pair_record(0, "red", 1, "v0.mp4")
+    record["conversations"] = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]
+    missing = pair_record(1, "red", 1, "nowhere.mp4")
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(RecordError, match=r"prefs\.jsonl:1 \(id p0\): the prompt must alternate"):
+        PreferenceDataset(read_preference_file(path), store(world))
+    path.write_text(json.dumps(missing) + "\n")
+    with pytest.raises(RecordError, match=r"prefs\.jsonl:1 \(id p1\): video not found"):
+        PreferenceDataset(read_preference_file(path), store(world))
+    with pytest.raises(ConfigError, match="model.path"):
+        from_dict(RMConfig, {"data": {"files": ["x.jsonl"]}})
+
+
+# ------------------------------------------------------------------------------ data selection
+
+
+def test_held_out_pairs_are_whole_videos_and_useless_pairs_are_dropped(tmp_path):
+    records = [pair_record(i, "red", 1, f"v{i // 3}.mp4") for i in range(30)]  # 10 videos, 3 pairs each
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sourced = read_preference_file(path)
+    train, heldout = split_heldout(sourced, eval_pairs=7, eval_fraction=None, seed=0)
+    train_videos = {r.record.video for r in train}
+    heldout_videos = {r.record.video for r in heldout}
+    assert len(heldout) == 9 and len(heldout_videos) == 3 and not train_videos & heldout_videos
+    assert len(split_heldout(sourced, eval_pairs=0, eval_fraction=0.5, seed=0)[1]) == 15
+    assert len(split_heldout(sourced, eval_pairs=1000, eval_fraction=None, seed=0)[0]) == 3  # one video stays
+
+    sourced[4].record.output_2.value = sourced[4].record.output_1.value + " "
+    keep, dropped = usable_pairs(sourced, [5] * 29 + [50], max_text_tokens=40)
+    assert dropped == {"identical_outputs": 1, "too_long": 1}
+    assert 4 not in keep and 29 not in keep and len(keep) == 28
+
+
+def test_score_questions_checks_its_lengths(world):
+    rm = new_rm(world)
+    with pytest.raises(ModelInputError, match="2 questions, 1 answers"):
+        rm.score_questions(["a", "b"], ["c"])
+    text_only = rm.score([prompt_example(QUESTION)], ["The video is red."])
+    assert text_only.shape == (1,) and torch.isfinite(text_only).all()
