@@ -272,3 +272,18 @@ def test_save_load_round_trip_through_auto_classes(lm, tmp_path):
     assert processor.encode_conversation(MULTI_TURN, num_video_tokens=40, add_generation_prompt=False) == lm.processor.encode_conversation(
         MULTI_TURN, num_video_tokens=40, add_generation_prompt=False
     )
+
+
+def test_transformers_generate_with_frames_or_features(lm):
+    model = lm.base_model
+    ids, _ = lm.processor.encode_conversation(MULTI_TURN[:1], num_video_tokens=40, add_generation_prompt=True)
+    input_ids = torch.tensor([ids])
+    pixels = lm.preprocess_video(frames(24))
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=lm.pad_token_id, eos_token_id=lm.eos_token_id)
+    with torch.no_grad():
+        from_frames = model.generate(input_ids=input_ids, pixel_values_videos=pixels, video_num_frames=[24], **settings)
+        features = model.get_video_features(pixels, [24])
+        from_features = model.generate(input_ids=input_ids, video_features=features, **settings)
+        without_cache = model.generate(input_ids=input_ids, video_features=features, use_cache=False, **settings)
+    assert from_frames.shape[1] > input_ids.shape[1]
+    assert torch.equal(from_frames, from_features) and torch.equal(from_frames, without_cache)
