@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.feature_cache import FeatureCache, module_fingerprint
+from vlm_rlaif.models.feature_cache import FeatureCache, feature_key, module_fingerprint
 from vlm_rlaif.models.lora import LoraSettings, peft_lora_config
 
 IGNORE_INDEX = -100
@@ -263,7 +263,7 @@ class VideoLM:
         video = example.video
         cache_key = None
         if example.video_key is not None and self.feature_cache is not None and self.visual_path_frozen:
-            cache_key = f"{example.video_key}|vision={self.vision_fingerprint()}"
+            cache_key = feature_key(example.video_key, self.vision_fingerprint())
             cached = self.feature_cache.get(cache_key)
             # A hit whose token count disagrees with the frames means the key was reused for another
             # sampling: recompute rather than splice the wrong video. (A hit skips preprocessing too.)

@@ -3,8 +3,8 @@
 The vision tower and projector are frozen in every RLAIF stage (docs/method.md), so a video's pooled
 features depend only on (which video and frames, the visual weights). The key is built from the
 example's `video_key` (which must name the source *and* the frame sampling, e.g. "v12@uniform50" or
-"v12@uniform50/clip1"), the frame count, and a fingerprint of the visual weights, so features of an
-old checkpoint are never served for a new one.
+"v12@uniform50/clip1") and a fingerprint of the visual weights, so features of an old checkpoint are
+never served for a new one. (VideoLM also recomputes a hit whose token count does not fit the frames.)
 
 Entries live in memory (least recently used evicted first, bounded in bytes) and optionally on disk
 (one safetensors file per key, written atomically), so a later stage or a resumed run reuses them.
@@ -26,9 +26,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def feature_key(video_key: str, num_frames: int, fingerprint: str) -> str:
-    """The cache key of one video's pooled features."""
-    return f"{video_key}|frames={num_frames}|vision={fingerprint}"
+def feature_key(video_key: str, fingerprint: str) -> str:
+    """The cache key of one video's pooled features under visual weights with this fingerprint."""
+    return f"{video_key}|vision={fingerprint}"
 
 
 def module_fingerprint(modules: dict[str, nn.Module], extra: str = "") -> str:
