@@ -1,0 +1,215 @@
+"""End to end: tiny random models evaluated through `vlm-rlaif eval` with a judge behind a real local
+HTTP server; resuming predictions after an interrupted iterator and after a real kill."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vlm_rlaif.cli import main
+from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.eval import EvalConfig, iter_predict, load_items, predict, run_eval
+from vlm_rlaif.eval.predict import PredictSettings
+from vlm_rlaif.config import load_config
+
+FRAMES = 8
+CANDIDATES = ["a red ball", "a blue box", "a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Three videos, the benchmark files in their layouts, and two saved tiny models."""
+    from vlm_rlaif.models import build_tiny_model, train_tokenizer
+    from vlm_rlaif.video import write_video
+
+    root = tmp_path_factory.mktemp("world")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_video(rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8), root / "videos" / f"toy_{i}.mp4")
+    files = {
+        "vcg_generic": [{"video_name": f"toy_{i}", "Q": f"Describe video {i}.", "A": "A red ball moves left."} for i in range(3)],
+        "vcg_consistency": [{"video_name": "toy_0", "Q1": "What moves?", "Q2": "Which object moves?", "A": "The red ball."}],
+        "qa": [{"video_name": f"toy_{i % 3}", "question_id": f"q{i}", "question": f"What colour is it {i}?", "answer": "red"} for i in range(6)],
+        "mcq": [{"video_name": "toy_1", "question_id": "m0", "question": "What is there?", "candidates": CANDIDATES, "answer": "a blue box"}],
+    }
+    for name, records in files.items():
+        (root / f"{name}.json").write_text(json.dumps(records))
+    tokenizer = train_tokenizer(["What colour is the red ball?", "{'score': 4}", "a blue box"] * 10, vocab_size=300)
+    for seed, name in ((0, "sft"), (1, "rlaif")):
+        build_tiny_model("tiny", tokenizer, frames=FRAMES, seed=seed).save(root / name)
+    return root
+
+
+def config_dict(world, out, url, benchmarks=("vcg_generic", "vcg_consistency", "qa", "mcq"), max_new_tokens=6, batch_size=2):
+    kinds = {"vcg_generic": "vcg_generic", "vcg_consistency": "vcg_consistency", "qa": "qa", "mcq": "mcq"}
+    return {
+        "eval": {
+            "out": str(out),
+            "models": [{"name": "sft", "path": str(world / "sft")}, {"name": "rlaif", "path": str(world / "rlaif")}],
+            "benchmarks": [
+                {"name": name, "kind": kinds[name], "file": str(world / f"{name}.json"), "video_root": str(world / "videos"),
+                 **({"paper": "vcg_bench"} if name.startswith("vcg") else {})}
+                for name in benchmarks
+            ],
+            "generation": {"num_frames": FRAMES, "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+            "judge": {"kind": "openai", "model": "judge-alias", "base_url": url, "api_key_env": None, "max_retries": 1},
+            "bootstrap": {"resamples": 200, "seed": 3},
+        }
+    }
+
+
+def judge_score(*predictions):
+    return sum(ord(c) for p in predictions for c in p) % 6
+
+
+def scripted_judge(request):
+    """Scores from the predictions' characters, so the expected numbers follow from the files."""
+    text = request["messages"][0]["content"]
+    predictions = re.findall(r"(?:Predicted answer|Answer to question \d): (.*)", text)
+    score = judge_score(*predictions)
+    if "Say whether the prediction matches" in text:
+        return f"{{'pred': '{'yes' if score >= 3 else 'no'}', 'score': {score}}}"
+    return f"{{'score': {score}}}"
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_eval_command_end_to_end(world, tmp_path, fake_openai_server):
+    server = fake_openai_server
+    server.reply = scripted_judge
+    server.served_model = "judge-alias-2025-06-01"
+    config = config_dict(world, tmp_path / "run", server.url)
+    config["eval"]["benchmarks"][2]["limit"] = 3
+    config_path = tmp_path / "eval.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    assert main(["eval", "--config", str(config_path)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["judge"]["model"] == "judge-alias" and summary["judge"]["versions"] == ["judge-alias-2025-06-01"]
+    assert "eval_correctness_v1" in summary["judge"]["prompts"] and "eval_qa_v1" in summary["judge"]["prompts"]
+    for model in ("sft", "rlaif"):
+        predictions = read_jsonl(run / "predictions" / model / "qa.jsonl")
+        assert [p["id"] for p in predictions] == ["q0", "q1", "q2"]  # limit: 3
+        consistency = read_jsonl(run / "predictions" / model / "vcg_consistency.jsonl")
+        assert len(consistency[0]["predictions"]) == 2 and consistency[0]["prompts"] == ["What moves?", "Which object moves?"]
+        mcq = read_jsonl(run / "predictions" / model / "mcq.jsonl")
+        assert "(B) a blue box" in mcq[0]["prompts"][0]
+
+        # Every score follows from the scripted judge and the model's own predictions.
+        generic = read_jsonl(run / "predictions" / model / "vcg_generic.jsonl")
+        expected = np.mean([judge_score(p["predictions"][0]) for p in generic])
+        result = summary["results"][model]
+        assert result["vcg_generic"]["metrics"]["correctness"]["value"] == pytest.approx(expected)
+        assert result["vcg_generic"]["judged"] == {"correctness": 3, "detail": 3, "context": 3}
+        qa_scores = [judge_score(p["predictions"][0]) for p in predictions]
+        assert result["qa"]["metrics"]["accuracy"]["value"] == pytest.approx(np.mean([s >= 3 for s in qa_scores]))
+        assert result["qa"]["metrics"]["score"]["value"] == pytest.approx(np.mean(qa_scores))
+        low, high = result["qa"]["metrics"]["score"]["low"], result["qa"]["metrics"]["score"]["high"]
+        assert min(qa_scores) <= low <= np.mean(qa_scores) <= high <= max(qa_scores)
+        both = consistency[0]["predictions"]
+        assert result["vcg_consistency"]["metrics"]["consistency"]["value"] == judge_score(*both)
+        assert result["mcq"]["metrics"]["accuracy"]["n"] == 1
+        judgements = read_jsonl(run / "judgements" / model / "qa.jsonl")
+        assert all(j["judge_version"] == "judge-alias-2025-06-01" and j["prompt"] == "eval_qa_v1" for j in judgements)
+    assert len(server.requests) == 2 * (3 * 3 + 1 + 3)  # mcq needs no judge
+
+    table = (run / "results.md").read_text()
+    assert "| benchmark | metric | sft | rlaif | VLM-SFT 7B (paper) | VLM-RLAIF 7B (paper) |" in table
+    assert re.search(r"\| vcg_generic \| correctness \| [\d.]+ \[[\d.]+, [\d.]+\] \| [\d.]+ \[.*\] \| 2.79 \| 3.63 \|", table)
+    assert "| qa | accuracy |" in table and "judge-alias-2025-06-01" in table and "unpinned" in table
+
+    # A finished run is never silently overwritten.
+    assert main(["eval", "--config", str(config_path)]) == 2
+
+
+def test_missing_judge_model_is_a_config_error(world, tmp_path):
+    config = config_dict(world, tmp_path / "run", "http://127.0.0.1:9/v1")
+    del config["eval"]["judge"]["model"]
+    config_path = tmp_path / "eval.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["eval", "--config", str(config_path)]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+class CountingLM:
+    """Wraps a VideoLM and counts the examples it generates for."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.examples = 0
+
+    def generate(self, examples, settings):
+        self.examples += len(examples)
+        return self.lm.generate(examples, settings)
+
+
+def test_interrupted_prediction_resumes_without_redoing_items(world, tmp_path):
+    from vlm_rlaif.models import load_adapter_model
+
+    items = load_items("qa", world / "qa.json")
+    frames = FrameStore(world / "videos", FrameSampling(num_frames=FRAMES))
+    settings = PredictSettings(num_frames=FRAMES, max_new_tokens=4, batch_size=2)
+    out = tmp_path / "p.jsonl"
+    lm = CountingLM(load_adapter_model(world / "sft"))
+    stream = iter_predict(lm, items, frames, out, settings)
+    first = [next(stream), next(stream)]  # one batch of two items, then the run "dies"
+    stream.close()
+    with out.open("a") as f:
+        f.write('{"id": "q2", "predic')  # a line torn by the kill
+    assert lm.examples == 2
+
+    predictions = predict(lm, items, frames, out, settings)
+    assert lm.examples == 6  # only the four missing items were generated
+    lines = read_jsonl(out)
+    assert [line["id"] for line in lines] == [f"q{i}" for i in range(6)]
+    assert lines[:2] == first and predictions["q0"] == first[0]["predictions"]
+
+
+def test_killed_eval_run_resumes(world, tmp_path, fake_openai_server, monkeypatch):
+    from vlm_rlaif.models import LlavaVideoLM
+
+    fake_openai_server.reply = scripted_judge
+    config = config_dict(world, tmp_path / "run", fake_openai_server.url, benchmarks=("qa",), max_new_tokens=32, batch_size=1)
+    config["eval"]["models"] = config["eval"]["models"][:1]
+    config_path = tmp_path / "eval.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    predictions_file = tmp_path / "run" / "predictions" / "sft" / "qa.jsonl"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "vlm_rlaif.cli", "eval", "--config", str(config_path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            if predictions_file.exists() and predictions_file.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read().decode()[-2000:]}"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    done_before = [line for line in predictions_file.read_text().split("\n")[:-1]]  # whole lines only
+    assert 2 <= len(done_before) < 6 and not (tmp_path / "run" / "summary.json").exists()
+
+    generated = []
+    original = LlavaVideoLM.generate
+    monkeypatch.setattr(LlavaVideoLM, "generate", lambda self, examples, settings: generated.extend(examples) or original(self, examples, settings))
+    summary = run_eval(load_config(EvalConfig, config_path, section="eval"))
+    assert len(generated) == 6 - len(done_before)  # only what the kill left undone
+    lines = predictions_file.read_text().split("\n")[:-1]
+    assert lines[: len(done_before)] == done_before
+    assert sorted(json.loads(line)["id"] for line in lines) == [f"q{i}" for i in range(6)]
+    assert summary["results"]["sft"]["qa"]["judged"] == {"qa": 6}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["resumed_at"]
