@@ -18,6 +18,11 @@ PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 POOLING_TYPES = ("spatiotemporal", "none")
 
 
+def video_token_count(num_frames: int, patches_per_frame: int, pooling: str) -> int:
+    """How many visual tokens a video of `num_frames` frames becomes (T + P pooled, T * P for "none")."""
+    return num_frames * patches_per_frame if pooling == "none" else num_frames + patches_per_frame
+
+
 @strict
 class LlavaVideoConfig(PreTrainedConfig):
     """Sub-configs plus the few choices that connect them.
@@ -84,9 +89,7 @@ class LlavaVideoConfig(PreTrainedConfig):
 
     def num_video_tokens(self, num_frames: int) -> int:
         """How many `<video>` tokens a video of `num_frames` frames becomes after pooling."""
-        if self.video_pooling == "none":
-            return num_frames * self.patches_per_frame
-        return num_frames + self.patches_per_frame
+        return video_token_count(num_frames, self.patches_per_frame, self.video_pooling)
 
 
-__all__ = ["LlavaVideoConfig", "MODEL_TYPE", "PROJECTOR_TYPES", "POOLING_TYPES"]
+__all__ = ["LlavaVideoConfig", "MODEL_TYPE", "POOLING_TYPES", "PROJECTOR_TYPES", "video_token_count"]

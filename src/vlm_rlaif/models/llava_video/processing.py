@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
 from vlm_rlaif.errors import UserError
+from vlm_rlaif.models.llava_video.configuration import video_token_count
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -180,7 +181,7 @@ def render_conversation(
 class LlavaVideoProcessor(ProcessorMixin):
     """Tokenizer plus frame preprocessing for `llava-video`; registered with AutoProcessor.
 
-    image_size, patch_size, video_pooling: must match the model (LlavaVideoAdapter checks on load);
+    image_size, patch_size, video_pooling: must match the model (LlavaVideoLM checks);
         they fix how many tokens one video becomes.
     num_frames: how many frames the model was trained with (what loaders should sample by default).
     """
@@ -215,9 +216,7 @@ class LlavaVideoProcessor(ProcessorMixin):
         return side * side
 
     def num_video_tokens(self, num_frames: int) -> int:
-        if self.video_pooling == "none":
-            return num_frames * self.patches_per_frame
-        return num_frames + self.patches_per_frame
+        return video_token_count(num_frames, self.patches_per_frame, self.video_pooling)
 
     def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> float32 (T, 3, image_size, image_size)."""
