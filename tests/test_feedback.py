@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from test_feedback_helpers import CLIP_MAX, FRAMES, make_config, make_model_dir, make_video_root
+from test_feedback_helpers import one_thread  # noqa: F401  (a fixture, used through pytestmark)
 
 from vlm_rlaif.data import PreferenceRecord, read_records
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
@@ -21,6 +22,9 @@ from vlm_rlaif.feedback.pipeline import load_prompts
 from vlm_rlaif.feedback.preferences import decide
 from vlm_rlaif.models import GenerationSettings, VideoExample, load_adapter_model
 from vlm_rlaif.prompts import format_context, load_prompt
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +256,10 @@ def _final_state(directory):
 
 
 def test_resume_after_a_crash_neither_redoes_nor_loses(model_dir, root, tmp_path, monkeypatch):
+    # average: a random tiny judge keeps nearly every pair, so there are preference records to lose
+    settings = dict(chunk_size=1, max_prompts=4, position_policy="average")
     reference_dir = tmp_path / "whole"
-    run_feedback(make_config(model_dir, root, reference_dir, chunk_size=1))
+    run_feedback(make_config(model_dir, root, reference_dir, **settings))
     expected_prefs, expected_judgments = _final_state(reference_dir)
 
     calls = {"n": 0}
@@ -268,20 +274,21 @@ def test_resume_after_a_crash_neither_redoes_nor_loses(model_dir, root, tmp_path
     monkeypatch.setattr(LocalJudge, "judge", crash_on_third_chunk)
     crashed = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
-        run_feedback(make_config(model_dir, root, crashed, chunk_size=1))
+        run_feedback(make_config(model_dir, root, crashed, **settings))
     assert len(_lines(crashed / "judgments.jsonl")) == 2 and not (crashed / "summary.json").exists()
     monkeypatch.setattr(LocalJudge, "judge", original)
 
-    # A kill between a judgment and its preference record: drop the last kept record by hand.
+    # A kill between a judgment and its preference record: drop the last kept record, leave a torn line.
     prefs_path = crashed / "preferences.jsonl"
     kept_before = _lines(prefs_path)
-    if kept_before:
-        prefs_path.write_text("".join(json.dumps(p) + "\n" for p in kept_before[:-1]) + '{"id": "torn')
+    assert kept_before
+    prefs_path.write_text("".join(json.dumps(p) + "\n" for p in kept_before[:-1]) + '{"id": "torn')
 
-    summary = run_feedback(make_config(model_dir, root, crashed, chunk_size=1))
+    summary = run_feedback(make_config(model_dir, root, crashed, **settings))
     prefs, judgments = _final_state(crashed)
-    assert summary["this_run"]["pairs_judged"] == 4  # the 2 finished pairs were not judged again
-    assert summary["this_run"]["preferences_restored"] == (1 if kept_before else 0)
+    assert summary["this_run"]["pairs_judged"] == 2  # the 2 finished pairs were not judged again
+    assert summary["this_run"]["preferences_restored"] == 1
+    assert summary["pairs_judged"] == 4
     assert len({p["id"] for p in prefs}) == len(prefs) and len({j["id"] for j in judgments}) == len(judgments)
     by_id = lambda rows: {r["id"]: r for r in rows}  # noqa: E731
     assert by_id(prefs) == by_id(expected_prefs)
