@@ -28,6 +28,7 @@ from vlm_rlaif.train.rm import (
     RMConfig,
     collate_pairs,
     make_rm_loss,
+    oracle_metrics,
     pair_loss,
     read_preference_file,
     run_rm,
@@ -138,7 +139,13 @@ def test_training_lowers_the_loss_and_beats_chance_on_held_out_videos(trained):
     assert summary["heldout_videos"] == summary["heldout_pairs"] == 8
     assert summary["train_pairs"] == NUM_VIDEOS - 8
     assert summary["eval"]["heldout"]["pairs"] == 8
+    # A model blind to the video scores each answer text the same everywhere, so the best it can do is
+    # always prefer one colour: the share of held-out videos of the commoner colour.
+    heldout_ids = [json.loads(line)["id"] for line in (run / "eval" / "heldout.jsonl").read_text().splitlines()]
+    red = sum(int(i[1:]) % 2 == 0 for i in heldout_ids)
+    blind_best = max(red, len(heldout_ids) - red) / len(heldout_ids)
     assert summary["eval"]["heldout"]["accuracy"] >= 0.75
+    assert summary["eval"]["heldout"]["accuracy"] > blind_best
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
 
 
@@ -336,3 +343,34 @@ def test_score_questions_checks_its_lengths(world):
         rm.score_questions(["a", "b"], ["c"])
     text_only = rm.score([prompt_example(QUESTION)], ["The video is red."])
     assert text_only.shape == (1,) and torch.isfinite(text_only).all()
+
+
+def test_oracle_metrics_compare_reward_choices_and_labels_with_the_toy_oracle(tmp_path):
+    from vlm_rlaif.toyworld import ToyWorldConfig, generate
+
+    from vlm_rlaif.feedback.agreement import OracleReference
+
+    generate(ToyWorldConfig(seed=0), tmp_path / "toy", 10, workers=1)
+    reference = OracleReference(tmp_path / "toy")
+    records = []
+    for prompt in json.loads((tmp_path / "toy" / "sft" / "SFT_short.json").read_text()):
+        if prompt["toy"]["qtype"] != "colour" or len(records) == 4:
+            continue
+        right = prompt["conversations"][1]["value"]
+        wrong = next(c for c in ("Red.", "Blue.", "Green.") if c.lower()[:-1] not in right.lower())
+        if reference.compare(prompt["toy"], right, wrong) == 1:  # the oracle sees the right answer as better
+            records.append({**prompt, "id": f"pair{len(records)}", "conversations": prompt["conversations"][:1],
+                            "output_1": {"value": right}, "output_2": {"value": wrong},
+                            "preference": 1 if len(records) < 3 else 2})
+    assert len(records) == 4
+    records.append(pair_record(9, "red", 1, "v0.mp4"))  # no toy metadata: counted, not scored
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sourced = read_preference_file(path)
+    # The reward model prefers the right answer in pairs 0 and 1, the wrong one in pair 2, ties pair 3.
+    results = [{"reward_1": 1.0, "reward_2": 0.0}, {"reward_1": 2.0, "reward_2": 1.0},
+               {"reward_1": 0.0, "reward_2": 1.0}, {"reward_1": 0.5, "reward_2": 0.5}, {"reward_1": 0.0, "reward_2": 1.0}]
+    metrics = oracle_metrics(results, sourced, tmp_path / "toy")
+    assert metrics["pairs_without_toy_metadata"] == 1
+    assert (metrics["reward_model"]["n"], metrics["reward_model"]["agree"]) == (3, 2)  # the tie is left out
+    assert (metrics["labels"]["n"], metrics["labels"]["agree"]) == (4, 3)

@@ -88,6 +88,7 @@ class RMDataSettings:
     eval_fraction: float | None = None  # instead of eval_pairs: this share of the pairs
     eval_sets: dict[str, str] = field(default_factory=dict)
     eval_sets_heldout_only: bool = True
+    toy_root: str | None = None  # a toy world directory (truth/): also measure agreement with its oracle
     max_text_tokens: int = 1024  # question + longer answer + evaluation turn, in tokens; longer pairs are dropped
     group_by_length: bool = True
     preload_frames: bool = False
@@ -471,6 +472,24 @@ def score_metrics(results: Sequence[dict]) -> dict:
     }
 
 
+def oracle_metrics(results: Sequence[dict], records: Sequence[SourcedPreference], toy_root: str | Path) -> dict:
+    """On toy-world pairs: how often the reward model's choice (the higher reward) and the pairs' own
+    labels agree with the toy world's oracle (oracle ties and reward ties left out; see
+    feedback.agreement). Pairs without toy metadata are counted, not scored."""
+    from vlm_rlaif.feedback.agreement import OracleReference, agreement
+
+    reference = OracleReference(toy_root)
+    toy = [(result, sourced.record, (sourced.record.model_extra or {}).get("toy")) for result, sourced in zip(results, records)]
+    scored = [(result, record, meta) for result, record, meta in toy if meta is not None]
+    oracle = [reference.compare(meta, record.output_1.value, record.output_2.value) for _, record, meta in scored]
+    chosen = [None if r["reward_1"] == r["reward_2"] else 1 if r["reward_1"] > r["reward_2"] else 2 for r, _, _ in scored]
+    return {
+        "reward_model": agreement(chosen, oracle),
+        "labels": agreement([record.preference for _, record, _ in scored], oracle),
+        "pairs_without_toy_metadata": len(toy) - len(scored),
+    }
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -587,6 +606,8 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
             results = score_rows(rm, preference_rows(dataset), ids, batch_size=config.score_batch_size,
                                  out=out / "eval" / f"{name}.jsonl")
             metrics = score_metrics(results)
+            if data.toy_root is not None:
+                metrics["oracle"] = oracle_metrics(results, set_records, data.toy_root)
             summary["eval"][name] = metrics
             log.info("rm: %s: %d pairs, accuracy %s", name, metrics["pairs"],
                      "n/a" if metrics["accuracy"] is None else f"{metrics['accuracy']:.3f}")
@@ -606,6 +627,7 @@ __all__ = [
     "SourcedPreference",
     "collate_pairs",
     "make_rm_loss",
+    "oracle_metrics",
     "ScoringRow",
     "answer_rows",
     "pair_loss",
