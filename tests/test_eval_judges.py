@@ -149,35 +149,27 @@ def test_local_judge_runs_a_tiny_model_through_generate(tmp_path):
 
 
 @dataclass
-class Fact:
-    status: str
-
-
-@dataclass
 class Verdict:
     correct: bool
-    facts: list
-    hallucinations: int
-
-
-def verdict(correct, supported, total, hallucinations=0):
-    return Verdict(correct, [Fact("supported")] * supported + [Fact("not_mentioned")] * (total - supported), hallucinations)
+    coverage: float
+    hallucinations: int = 0
 
 
 def test_oracle_rule_by_hand():
-    assert oracle_quality(verdict(True, 4, 4)) == 5
-    assert oracle_quality(verdict(True, 1, 4)) == 3  # round(1.25) = 1, lifted to 3: correct answers get 3-5
-    assert oracle_quality(verdict(True, 3, 4, hallucinations=1)) == 3  # round(3.75) - 1 = 3
-    assert oracle_quality(verdict(False, 4, 4)) == 2  # incorrect answers get 0-2
-    assert oracle_quality(verdict(False, 1, 2, hallucinations=3)) == 0  # round(2.5) = 3 (half up) - 3
-    assert oracle_quality(Verdict(True, [], 0)) == 5 and oracle_quality(Verdict(False, [], 2)) == 0
+    assert oracle_quality(Verdict(True, 1.0)) == 5
+    assert oracle_quality(Verdict(True, 0.25)) == 3  # round(1.25) = 1, lifted to 3: correct answers get 3-5
+    assert oracle_quality(Verdict(True, 0.75, hallucinations=1)) == 3  # round(3.75) - 1 = 3
+    assert oracle_quality(Verdict(False, 1.0)) == 2  # incorrect answers get 0-2
+    assert oracle_quality(Verdict(False, 0.5, hallucinations=3)) == 0  # round(2.5) = 3 (half up) - 3
+    assert oracle_quality(Verdict(False, 0.5, hallucinations=2)) == 1
+    assert oracle_quality(Verdict(False, 0.0)) == 0
 
 
 def test_oracle_judge_scores_each_criterion_by_the_rule(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps([{"video_name": "v", "Q1": "a?", "Q2": "b?", "A": "x", "toy": {"video_id": "t0"}}]))
     (item,) = load_items("vcg_consistency", path)
-    verdicts = {"good": verdict(True, 2, 2), "partial": verdict(True, 1, 2, hallucinations=1), "bad": verdict(False, 0, 2, 2)}
+    verdicts = {"good": Verdict(True, 1.0), "partial": Verdict(True, 0.5, hallucinations=1), "bad": Verdict(False, 0.0, 2)}
     oracle = OracleJudge(lambda it, answer: verdicts[answer])
     (row,) = judge([item], {"0": ["good", "bad"]}, kind="vcg_consistency", by=oracle, out_path=tmp_path / "c.jsonl")
     assert (row["score"], row["hallucinations"], row["prompt"]) == (0, [0, 2], "oracle_rule_v1")

@@ -16,9 +16,22 @@ import yaml
 
 from vlm_rlaif.cli import main
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.eval import EvalConfig, iter_predict, load_items, predict, run_eval
-from vlm_rlaif.eval.predict import PredictSettings
 from vlm_rlaif.config import load_config
+from vlm_rlaif.errors import RecordError
+from vlm_rlaif.eval import (
+    BenchmarkSpec,
+    BootstrapSpec,
+    EvalConfig,
+    GenerationSpec,
+    JudgeSpec,
+    ModelSpec,
+    iter_predict,
+    judge,
+    load_items,
+    predict,
+    run_eval,
+)
+from vlm_rlaif.eval.predict import PredictSettings
 
 FRAMES = 8
 CANDIDATES = ["a red ball", "a blue box", "a green triangle"]
@@ -213,3 +226,64 @@ def test_killed_eval_run_resumes(world, tmp_path, fake_openai_server, monkeypatc
     assert sorted(json.loads(line)["id"] for line in lines) == [f"q{i}" for i in range(6)]
     assert summary["results"]["sft"]["qa"]["judged"] == {"qa": 6}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["resumed_at"]
+
+
+TOY_SETS = ("vcg_generic", "vcg_temporal", "vcg_consistency", "qa", "mcq")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A toy world of 4 videos, one of them in the eval split: 3 items per benchmark file."""
+    from vlm_rlaif.toyworld.config import ToyWorldConfig
+    from vlm_rlaif.toyworld.dataset import generate
+
+    root = tmp_path_factory.mktemp("toy")
+    cfg = ToyWorldConfig(seed=0, sft_fraction=0.25, feedback_fraction=0.25, rl_fraction=0.25, eval_fraction=0.25, eval_per_video=3)
+    generate(cfg, root, 4, workers=1)
+    return root
+
+
+def test_oracle_judge_on_the_toy_world(world, toy, tmp_path):
+    from vlm_rlaif.eval import JudgeSpec, build_judge
+
+    oracle = build_judge(JudgeSpec(kind="oracle", toy_dir=str(toy)), tmp_path)
+    # Reference answers as predictions: the oracle marks them all correct, so every score is 5.
+    for kind in ("vcg_generic", "vcg_temporal", "vcg_consistency", "qa"):
+        items = load_items(kind, toy / "eval" / f"{kind}.json")
+        assert len(items) == 3
+        references = {item.id: [item.answer] * len(item.questions) for item in items}
+        rows = judge(items, references, kind=kind, by=oracle, out_path=tmp_path / f"{kind}.jsonl")
+        assert {r["score"] for r in rows} == {5} and all(h == 0 for r in rows for h in r["hallucinations"])
+        if kind == "qa":
+            assert all(r["yes"] for r in rows)
+    # A wrong colour is caught.
+    items = load_items("qa", toy / "eval" / "qa.json")
+    colour = next(item for item in items if item.meta["toy"]["qtype"] == "colour")
+    wrong = "blue" if colour.answer != "blue" else "green"
+    (row,) = judge([colour], {colour.id: [wrong]}, kind="qa", by=oracle, out_path=tmp_path / "wrong.jsonl")
+    assert (row["yes"], row["score"]) == (False, 0)
+    # Benchmarks without toy metadata cannot be judged by the oracle.
+    (plain,) = load_items("qa", world / "qa.json", limit=1)
+    with pytest.raises(RecordError, match="no 'toy' metadata"):
+        judge([plain], {plain.id: ["red"]}, kind="qa", by=oracle, out_path=tmp_path / "plain.jsonl")
+
+
+def test_tiny_model_on_the_toy_world_with_the_oracle(world, toy, tmp_path):
+    config = EvalConfig(
+        out=str(tmp_path / "run"),
+        models=[ModelSpec("sft", str(world / "sft"))],
+        benchmarks=[BenchmarkSpec(name, name, str(toy / "eval" / f"{name}.json"), str(toy / "videos")) for name in TOY_SETS],
+        generation=GenerationSpec(num_frames=24, max_new_tokens=6, batch_size=8),
+        judge=JudgeSpec(kind="oracle", toy_dir=str(toy)),
+        bootstrap=BootstrapSpec(resamples=100),
+    )
+    summary = run_eval(config)
+    result = summary["results"]["sft"]
+    assert summary["judge"]["kind"] == "oracle" and summary["judge"]["prompts"] == ["oracle_rule_v1"]
+    # A random model's answers state nothing true: no correct answer, every score low.
+    assert result["qa"]["metrics"]["accuracy"]["value"] == 0.0
+    for name, metric in (("vcg_generic", "correctness"), ("vcg_temporal", "temporal"), ("vcg_consistency", "consistency")):
+        assert result[name]["metrics"][metric]["n"] == 3 and result[name]["metrics"][metric]["value"] <= 2
+    assert result["vcg_generic"]["metrics"]["hallucinations"]["n"] == 3
+    assert result["mcq"]["metrics"]["accuracy"]["n"] == 3
+    assert "| vcg_generic | correctness |" in (tmp_path / "run" / "results.md").read_text()

@@ -11,13 +11,13 @@
 A reply that does not parse is a judgement with status "invalid" (after the client's re-asks for
 OpenAIJudge); a request the server rejects is "failed". Neither is ever turned into a score.
 
-ORACLE_RULE (oracle_rule_v1). For one answer, with the oracle's facts (each "supported",
-"contradicted" or "not_mentioned") and its hallucination count h:
-    coverage = supported / number of facts (no facts: 1 if the answer is correct, else 0)
-    quality  = floor(5 * coverage + 0.5) - h, clamped to [3, 5] when the oracle calls the answer
-               correct and to [0, 2] when it does not
+ORACLE_RULE (oracle_rule_v1). For one answer, the oracle (toyworld.oracle) gives `correct`,
+`coverage` (the share of the facts the question asks for that the answer states; 1 or 0 for a short
+answer) and `hallucinations` h (contradicted facts and invented objects or events):
+    quality = floor(5 * coverage + 0.5) - h, clamped to [3, 5] when the oracle calls the answer
+              correct and to [0, 2] when it does not
     correctness, contextual understanding, temporal understanding and the QA score = quality
-    (the oracle cannot tell those criteria apart); QA yes = the oracle's `correct`
+    (the oracle cannot tell those criteria apart); QA yes = `correct`
     detail orientation = floor(5 * coverage + 0.5)
     consistency = min(quality of answer 1, quality of answer 2)
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from vlm_rlaif.clients.parsing import InvalidReply
-from vlm_rlaif.errors import RecordError
+from vlm_rlaif.errors import RecordError, UserError
 from vlm_rlaif.eval.criteria import JudgeTask, parse_judge_reply
 
 ORACLE_RULE = "oracle_rule_v1"
@@ -165,21 +165,15 @@ class LocalJudge:
 
 
 class OracleVerdict(Protocol):
-    """What the toy world's oracle says about one answer."""
+    """What the toy world's oracle says about one answer (toyworld.oracle.Verdict)."""
 
     correct: bool
-    facts: list  # each with .status in {"supported", "contradicted", "not_mentioned"}
+    coverage: float
     hallucinations: int
 
 
 # check(item, answer) -> the oracle's verdict on `answer` to the item's question.
 OracleCheck = Callable[[Any, str], OracleVerdict]
-
-
-def oracle_coverage(verdict: OracleVerdict) -> float:
-    if not verdict.facts:
-        return 1.0 if verdict.correct else 0.0
-    return sum(fact.status == "supported" for fact in verdict.facts) / len(verdict.facts)
 
 
 def _half_up(x: float) -> int:
@@ -188,7 +182,7 @@ def _half_up(x: float) -> int:
 
 def oracle_quality(verdict: OracleVerdict) -> int:
     """The 0-5 score of ORACLE_RULE for correctness-like criteria."""
-    raw = _half_up(5 * oracle_coverage(verdict)) - verdict.hallucinations
+    raw = _half_up(5 * verdict.coverage) - verdict.hallucinations
     return min(5, max(3, raw)) if verdict.correct else min(2, max(0, raw))
 
 
@@ -212,7 +206,7 @@ class OracleJudge:
             if task.criterion == "consistency":
                 score = min(oracle_quality(v) for v in verdicts)
             elif task.criterion == "detail":
-                score = _half_up(5 * oracle_coverage(first))
+                score = _half_up(5 * first.coverage)
             else:
                 score = oracle_quality(first)
                 if task.criterion == "qa":
@@ -230,25 +224,21 @@ class OracleJudge:
 
 
 def toy_oracle_check(toy_dir: str | Path) -> OracleCheck:
-    """check(item, answer) with the toy world's oracle, reading each video's truth from
-    <toy_dir>/truth/<video_id>.json once."""
+    """check(item, answer) by the toy world's oracle, with the ground truth under toy_dir/truth and
+    the oracle settings of the world's manifest."""
     from vlm_rlaif.toyworld.oracle import Oracle
-    from vlm_rlaif.toyworld.world import Truth
 
-    oracle = Oracle()
-    truths: dict[str, Truth] = {}
+    manifest = Path(toy_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(f"{toy_dir}: not a toy world directory (no manifest.json); the oracle judges toy worlds only")
+    world = json.loads(manifest.read_text()).get("config", {})
+    oracle = Oracle(order_gap=world.get("order_gap", 3))
 
     def check(item, answer: str) -> OracleVerdict:
-        meta = item.meta.get("toy")
-        if not isinstance(meta, dict) or "video_id" not in meta:
+        toy = item.meta.get("toy")
+        if not isinstance(toy, dict) or "video_id" not in toy:
             raise RecordError(f"{item.where}: no 'toy' metadata: the oracle judges toy-world benchmarks only")
-        video_id = meta["video_id"]
-        if video_id not in truths:
-            path = Path(toy_dir) / "truth" / f"{video_id}.json"
-            if not path.is_file():
-                raise RecordError(f"{item.where}: no ground truth {path} for video {video_id!r}")
-            truths[video_id] = Truth.from_dict(json.loads(path.read_text()))
-        return oracle.check(truths[video_id], meta, answer)
+        return oracle.check(oracle.load_truth(toy_dir, toy["video_id"]), toy, answer)
 
     return check
 
@@ -261,7 +251,6 @@ __all__ = [
     "OpenAIJudge",
     "OracleJudge",
     "OracleVerdict",
-    "oracle_coverage",
     "oracle_quality",
     "toy_oracle_check",
 ]
