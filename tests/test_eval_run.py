@@ -22,7 +22,6 @@ from vlm_rlaif.eval import (
     BenchmarkSpec,
     BootstrapSpec,
     EvalConfig,
-    GenerationSpec,
     JudgeSpec,
     ModelSpec,
     iter_predict,
@@ -273,7 +272,7 @@ def test_tiny_model_on_the_toy_world_with_the_oracle(world, toy, tmp_path):
         out=str(tmp_path / "run"),
         models=[ModelSpec("sft", str(world / "sft"))],
         benchmarks=[BenchmarkSpec(name, name, str(toy / "eval" / f"{name}.json"), str(toy / "videos")) for name in TOY_SETS],
-        generation=GenerationSpec(num_frames=24, max_new_tokens=6, batch_size=8),
+        generation=PredictSettings(num_frames=24, max_new_tokens=6, batch_size=8),
         judge=JudgeSpec(kind="oracle", toy_dir=str(toy)),
         bootstrap=BootstrapSpec(resamples=100),
     )

@@ -9,7 +9,7 @@
 
 from vlm_rlaif.eval.aggregate import aggregate
 from vlm_rlaif.eval.benchmarks import EvalItem, load_items, model_prompts, parse_option
-from vlm_rlaif.eval.config import BenchmarkSpec, BootstrapSpec, EvalConfig, GenerationSpec, JudgeSpec, ModelSpec
+from vlm_rlaif.eval.config import BenchmarkSpec, BootstrapSpec, EvalConfig, JudgeSpec, ModelSpec
 from vlm_rlaif.eval.judges import Judgement, LocalJudge, OpenAIJudge, OracleJudge
 from vlm_rlaif.eval.judging import judge
 from vlm_rlaif.eval.predict import PredictSettings, iter_predict, predict, read_predictions
@@ -20,7 +20,6 @@ __all__ = [
     "BootstrapSpec",
     "EvalConfig",
     "EvalItem",
-    "GenerationSpec",
     "Judgement",
     "JudgeSpec",
     "LocalJudge",

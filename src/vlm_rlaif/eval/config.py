@@ -24,6 +24,7 @@ from typing import Literal
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.eval.benchmarks import KINDS
 from vlm_rlaif.eval.paper import PAPER_BENCHMARKS
+from vlm_rlaif.eval.predict import PredictSettings
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # names become directory names
 
@@ -47,18 +48,6 @@ class BenchmarkSpec:
     video_prefix: str = ""  # put before every video_name ("v_" for ActivityNet-QA's original files)
     paper: str | None = None  # the paper's benchmark this is: vcg_bench, msvd_qa, msrvtt_qa, anet_qa
     limit: int | None = None  # only the first `limit` items (quick runs)
-
-
-@dataclass
-class GenerationSpec:
-    """The paper's inference settings by default."""
-
-    num_frames: int = 50
-    temperature: float = 0.2
-    max_new_tokens: int = 512
-    top_p: float = 1.0
-    batch_size: int = 8
-    seed: int = 0
 
 
 @dataclass
@@ -98,7 +87,7 @@ class EvalConfig:
     seed: int = 0
     models: list[ModelSpec] = field(default_factory=list)
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
-    generation: GenerationSpec = field(default_factory=GenerationSpec)
+    generation: PredictSettings = field(default_factory=PredictSettings)  # the paper's by default
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
 
@@ -132,8 +121,11 @@ class EvalConfig:
             raise ConfigError("eval: judge.path (a model directory) is required for the local judge")
         if needs_judge and judge.kind == "oracle" and not judge.toy_dir:
             raise ConfigError("eval: judge.toy_dir (the toy world directory) is required for the oracle judge")
+        gen = self.generation
+        if gen.num_frames < 1 or gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.temperature < 0:
+            raise ConfigError("eval: generation needs num_frames, max_new_tokens, batch_size >= 1 and temperature >= 0")
         if not 0 < self.bootstrap.confidence < 1 or self.bootstrap.resamples < 0:
             raise ConfigError("eval: bootstrap.confidence must be in (0, 1) and bootstrap.resamples >= 0")
 
 
-__all__ = ["BenchmarkSpec", "BootstrapSpec", "EvalConfig", "GenerationSpec", "JudgeSpec", "ModelSpec"]
+__all__ = ["BenchmarkSpec", "BootstrapSpec", "EvalConfig", "JudgeSpec", "ModelSpec"]

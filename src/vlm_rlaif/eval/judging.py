@@ -39,7 +39,9 @@ def exact_match(tasks: Sequence[JudgeTask]) -> Iterator[Judgement]:
 def judge(
     items: list[EvalItem], predictions: dict[str, list[str]], *, kind: str, by: Judge | None, out_path: str | Path
 ) -> list[dict]:
-    """Judge what is not yet judged in `out_path`, then return every judgement line of the file.
+    """Judge what is not yet judged in `out_path`, then return the judgements of these items.
+
+    A line once written is final: a resumed run does not ask again about an invalid or failed one.
 
     by: the judge (unused, and may be None, for multiple choice).
     """
@@ -53,7 +55,8 @@ def judge(
         with JsonlWriter(out_path) as writer:
             for judgement in stream:
                 writer.write(judgement)
-    return read_judgements(out_path)
+    keys = {task.key for task in tasks}
+    return [row for row in read_judgements(out_path) if row.get("key") in keys]
 
 
 def read_judgements(path: str | Path) -> list[dict]:

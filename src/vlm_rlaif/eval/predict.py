@@ -53,23 +53,24 @@ def iter_predict(lm, items: list[EvalItem], frames: FrameStore, out_path: str | 
     done = done_ids(out_path)
     pending = [item for item in items if item.id not in done]
     with JsonlWriter(out_path) as writer:
-        for start in range(0, len(pending), settings.batch_size):
-            chunk = pending[start : start + settings.batch_size]
-            examples, owner = [], []
+        for batch_start in range(0, len(pending), settings.batch_size):
+            chunk = pending[batch_start : batch_start + settings.batch_size]
+            examples, spans = [], []  # spans: each item's examples, [first, end)
             for item in chunk:
                 video, video_key = frames.by_name(item.video_name, where=item.where)
+                first = len(examples)
                 for prompt in model_prompts(item):
                     examples.append(VideoExample([{"role": "user", "content": prompt}], video=video, video_key=video_key))
-                    owner.append(item)
-            generations = lm.generate(examples, generation)
-            for item in chunk:
-                mine = [(examples[g.example_index], g) for g in generations if owner[g.example_index] is item]
+                spans.append((item, first, len(examples)))
+            by_example = {g.example_index: g for g in lm.generate(examples, generation)}
+            for item, first, end in spans:
+                answers = [by_example[i] for i in range(first, end)]
                 line = {
                     "id": item.id,
                     "video_name": item.video_name,
-                    "prompts": [example.conversation[0]["content"] for example, _ in mine],
-                    "predictions": [g.text for _, g in mine],
-                    "ended_with_eos": [g.ended_with_eos for _, g in mine],
+                    "prompts": [examples[i].conversation[0]["content"] for i in range(first, end)],
+                    "predictions": [g.text for g in answers],
+                    "ended_with_eos": [g.ended_with_eos for g in answers],
                 }
                 writer.write(line)
                 yield line

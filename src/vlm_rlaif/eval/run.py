@@ -24,7 +24,7 @@ from vlm_rlaif.eval.criteria import tasks_for
 from vlm_rlaif.eval.judges import Judge, LocalJudge, OpenAIJudge, OracleJudge, toy_oracle_check
 from vlm_rlaif.eval.judging import judge as judge_benchmark
 from vlm_rlaif.eval.paper import PAPER_JUDGE, PAPER_JUDGE_NOTE
-from vlm_rlaif.eval.predict import PredictSettings, predict, read_predictions
+from vlm_rlaif.eval.predict import predict, read_predictions
 from vlm_rlaif.eval.report import results_markdown
 from vlm_rlaif.rundir import RunDir
 
@@ -78,8 +78,7 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
         b.name: load_items(b.kind, b.file, answers_path=b.answers_file, video_prefix=b.video_prefix, limit=b.limit)
         for b in config.benchmarks
     }
-    gen = config.generation
-    settings = PredictSettings(gen.num_frames, gen.temperature, gen.max_new_tokens, gen.top_p, gen.batch_size, gen.seed)
+    settings = config.generation
 
     predictions: dict[str, dict[str, dict[str, list[str]]]] = {}
     for model in config.models:
@@ -89,7 +88,7 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
             log.info("model %s: predicting %s", model.name, ", ".join(b.name for b in missing))
             lm = load_model(model)
             for bench in missing:
-                frames = FrameStore(bench.video_root, FrameSampling(num_frames=gen.num_frames))
+                frames = FrameStore(bench.video_root, FrameSampling(num_frames=settings.num_frames))
                 predict(lm, items[bench.name], frames, paths[bench.name], settings)
             del lm
         predictions[model.name] = {b.name: read_predictions(paths[b.name], items[b.name]) for b in config.benchmarks}
