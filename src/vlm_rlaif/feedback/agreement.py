@@ -25,26 +25,18 @@ class OracleReference:
         self.toy_root = Path(toy_root)
         if not (self.toy_root / "truth").is_dir():
             raise UserError(f"{self.toy_root} is not a toy world directory (no truth/ folder)")
-        self.oracle = Oracle()
-        self.version = "toyworld-oracle"
-        self._truths: dict[str, object] = {}
-
-    def truth(self, video_id: str):
-        from vlm_rlaif.toyworld.world import Truth
-
-        if video_id not in self._truths:
-            path = self.toy_root / "truth" / f"{video_id}.json"
-            try:
-                self._truths[video_id] = Truth.from_dict(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-                raise UserError(f"{path}: cannot read the toy video's truth ({err})") from err
-        return self._truths[video_id]
+        # The oracle must use the world's own order_gap ("which came first" only for events this far apart).
+        manifest = self.toy_root / "manifest.json"
+        config = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
+        self.oracle = Oracle(order_gap=config.get("order_gap", 3))
+        self.version = f"toyworld-oracle;order_gap={self.oracle.order_gap}"
 
     def compare(self, toy: dict, answer_1: str, answer_2: str) -> int:
         """1 or 2: the better answer by the truth; 0: a tie."""
         if "video_id" not in toy:
             raise UserError(f"toy metadata without 'video_id': {toy}")
-        return int(self.oracle.compare(self.truth(toy["video_id"]), toy, answer_1, answer_2))
+        truth = self.oracle.load_truth(self.toy_root, toy["video_id"])
+        return int(self.oracle.compare(truth, toy, answer_1, answer_2))
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from vlm_rlaif.data import JsonlWriter, iter_raw
 from vlm_rlaif.errors import RecordError
 from vlm_rlaif.feedback.agreement import OracleReference, agreement, paired_difference
 from vlm_rlaif.feedback.config import FeedbackConfig
-from vlm_rlaif.feedback.pipeline import FeedbackRunner, chunked, load_prompts, toy_meta
+from vlm_rlaif.feedback.pipeline import FeedbackRunner, Pair, chunked, load_prompts, toy_meta
 from vlm_rlaif.feedback.preferences import side
 from vlm_rlaif.rundir import RunDir
 
@@ -48,24 +48,9 @@ def measure_context(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
             pairs = [pair for p in chunk for pair in runner.pairs_of(p) if pair.id not in rows]
             if not pairs:
                 continue
-            by_condition = {c: runner.judge_pairs(pairs, with_context=c == "context") for c in CONDITIONS}
-            for index, pair in enumerate(pairs):
-                toy = toy_meta(pair.prompt)
-                if toy is None:
-                    raise RecordError(f"{config.prompts}: record {pair.prompt.id} has no toy metadata; the oracle needs it")
-                row = {
-                    "id": pair.id,
-                    "prompt_id": pair.prompt.id,
-                    "qtype": toy.get("qtype"),
-                    "output_1": pair.output_1,
-                    "output_2": pair.output_2,
-                    "oracle": reference.compare(toy, pair.output_1, pair.output_2),
-                }
-                for condition in CONDITIONS:
-                    first, second = by_condition[condition][index]
-                    row[condition] = runner.judgment(pair, first, second, condition == "context", runner.judge)
+            for row in judge_both_ways(runner, pairs, reference):
                 writer.write(row)
-                rows[pair.id] = row
+                rows[row["id"]] = row
             new_pairs += len(pairs)
             log.info("chunk %d: %d pairs judged with and without context", chunk_index, len(pairs))
     elapsed = time.perf_counter() - started
@@ -81,15 +66,39 @@ def measure_context(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
     return run.finish(summary)
 
 
+def judge_both_ways(runner: FeedbackRunner, pairs: list[Pair], reference: OracleReference) -> list[dict]:
+    """One row per pair: the oracle's preference and the judge's judgment with and without context."""
+    by_condition = {c: runner.judge_pairs(pairs, with_context=c == "context") for c in CONDITIONS}
+    rows = []
+    for index, pair in enumerate(pairs):
+        toy = toy_meta(pair.prompt)
+        if toy is None:
+            raise RecordError(f"{runner.config.prompts}: record {pair.prompt.id} has no toy metadata; the oracle needs it")
+        row = {
+            "id": pair.id,
+            "prompt_id": pair.prompt.id,
+            "qtype": toy.get("qtype"),
+            "output_1": pair.output_1,
+            "output_2": pair.output_2,
+            "oracle": reference.compare(toy, pair.output_1, pair.output_2),
+        }
+        for condition in CONDITIONS:
+            first, second = by_condition[condition][index]
+            row[condition] = runner.judgment(pair, first, second, condition == "context", runner.judge)
+        rows.append(row)
+    return rows
+
+
 def _mean_side(judgment: dict) -> int | None:
     return None if judgment["prob_1"] is None else (side(judgment["prob_1"], 0.0) or None)
 
 
-def compare_conditions(rows: list[dict]) -> dict:
-    """Agreement with the oracle per condition, per question type, and the paired difference."""
+def compare_conditions(rows: list[dict], conditions: tuple[str, ...] = CONDITIONS) -> dict:
+    """Agreement with the oracle per condition, per question type, and the paired difference of
+    context minus no context."""
     oracle = [row["oracle"] for row in rows]
     result: dict = {"pairs": len(rows), "oracle_ties": sum(o == 0 for o in oracle)}
-    for condition in CONDITIONS:
+    for condition in conditions:
         judgments = [row[condition] for row in rows]
         kept = [(j["preference"], o) for j, o in zip(judgments, oracle) if j["status"] == "kept"]
         orders = [j["orders_agree"] for j in judgments if j["orders_agree"] is not None]
@@ -112,24 +121,24 @@ def compare_conditions(rows: list[dict]) -> dict:
     result["by_qtype"] = {
         qtype: {
             condition: agreement([_mean_side(r[condition]) for r in group], [r["oracle"] for r in group])
-            for condition in CONDITIONS
+            for condition in conditions
         }
         for qtype, group in sorted(by_type.items())
     }
     return result
 
 
-def format_report(summary: dict) -> str:
+def format_report(summary: dict, conditions: tuple[str, ...] = CONDITIONS) -> str:
     """A few lines for the terminal."""
-    lines = [f"pairs {summary['pairs']} (oracle ties {summary['oracle_ties']}), judge {summary['judge']}"]
-    for condition in CONDITIONS:
+    lines = [f"pairs {summary['pairs']} (oracle ties {summary['oracle_ties']}), judge {summary.get('judge')}"]
+    for condition in conditions:
         for way in ("mean_of_orders", "kept_labels"):
             a = summary[condition][way]
             rate = "n/a" if a["rate"] is None else f"{a['rate']:.3f}"
-            lines.append(f"{condition:>10} {way:<15} agreement {rate} (n={a['n']}, 95% CI {a['ci95']})")
+            lines.append(f"{condition:>12} {way:<15} agreement {rate} (n={a['n']}, 95% CI {a['ci95']})")
     d = summary["difference_context_minus_no_context"]
     lines.append(f"difference (context - no context), paired: {d['difference']} (n={d['n']}, 95% CI {d['ci95']})")
     return "\n".join(lines)
 
 
-__all__ = ["compare_conditions", "format_report", "measure_context"]
+__all__ = ["CONDITIONS", "compare_conditions", "format_report", "judge_both_ways", "measure_context"]
