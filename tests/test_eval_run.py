@@ -17,7 +17,7 @@ import yaml
 from vlm_rlaif.cli import main
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.config import load_config
-from vlm_rlaif.errors import RecordError
+from vlm_rlaif.errors import RecordError, UserError
 from vlm_rlaif.eval import (
     BenchmarkSpec,
     BootstrapSpec,
@@ -31,6 +31,7 @@ from vlm_rlaif.eval import (
     run_eval,
 )
 from vlm_rlaif.eval.predict import PredictSettings
+from vlm_rlaif.eval.run import build_judge as build_judge_from
 
 FRAMES = 8
 CANDIDATES = ["a red ball", "a blue box", "a green triangle"]
@@ -243,9 +244,7 @@ def toy(tmp_path_factory):
 
 
 def test_oracle_judge_on_the_toy_world(world, toy, tmp_path):
-    from vlm_rlaif.eval import JudgeSpec, build_judge
-
-    oracle = build_judge(JudgeSpec(kind="oracle", toy_dir=str(toy)), tmp_path)
+    oracle = build_judge_from(JudgeSpec(kind="oracle", toy_dir=str(toy)), tmp_path)
     # Reference answers as predictions: the oracle marks them all correct, so every score is 5.
     for kind in ("vcg_generic", "vcg_temporal", "vcg_consistency", "qa"):
         items = load_items(kind, toy / "eval" / f"{kind}.json")
@@ -265,6 +264,8 @@ def test_oracle_judge_on_the_toy_world(world, toy, tmp_path):
     (plain,) = load_items("qa", world / "qa.json", limit=1)
     with pytest.raises(RecordError, match="no 'toy' metadata"):
         judge([plain], {plain.id: ["red"]}, kind="qa", by=oracle, out_path=tmp_path / "plain.jsonl")
+    with pytest.raises(UserError, match="no manifest.json"):
+        build_judge_from(JudgeSpec(kind="oracle", toy_dir=str(world)), tmp_path)
 
 
 def test_tiny_model_on_the_toy_world_with_the_oracle(world, toy, tmp_path):
@@ -286,3 +287,36 @@ def test_tiny_model_on_the_toy_world_with_the_oracle(world, toy, tmp_path):
     assert result["vcg_generic"]["metrics"]["hallucinations"]["n"] == 3
     assert result["mcq"]["metrics"]["accuracy"]["n"] == 3
     assert "| vcg_generic | correctness |" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_local_judge_from_a_model_directory(world, tmp_path):
+    from vlm_rlaif.eval import LocalJudge
+
+    local = build_judge_from(JudgeSpec(kind="local", path=str(world / "rlaif"), max_new_tokens=4), tmp_path)
+    assert isinstance(local, LocalJudge) and local.info()["model"] == str(world / "rlaif")
+    items = load_items("vcg_temporal", world / "vcg_generic.json", limit=2)
+    rows = judge(items, {"0": ["a ball"], "1": ["a box"]}, kind="vcg_temporal", by=local, out_path=tmp_path / "j.jsonl")
+    assert [(r["id"], r["criterion"], r["prompt"]) for r in rows] == [("0", "temporal", "eval_temporal_v1"), ("1", "temporal", "eval_temporal_v1")]
+    assert all(r["status"] in ("ok", "invalid") and (r["score"] is None) == (r["status"] == "invalid") for r in rows)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e: e["models"].append(dict(e["models"][0])), "duplicate models names"),
+        (lambda e: e["benchmarks"][0].update(paper="mvbench"), "paper must be one of"),
+        (lambda e: e["benchmarks"][0].update(answers_file="a.json"), "answers_file is only for kind 'qa'"),
+        (lambda e: e["models"][0].update(name="a/b"), "must match"),
+        (lambda e: e["judge"].update(kind="oracle"), "judge.toy_dir"),
+        (lambda e: e["generation"].update(max_new_token=5), "did you mean 'generation.max_new_tokens'"),
+    ],
+)
+def test_config_errors_name_the_key(world, tmp_path, change, message):
+    from vlm_rlaif.errors import ConfigError
+
+    config = config_dict(world, tmp_path / "run", "http://127.0.0.1:9/v1")
+    change(config["eval"])
+    config_path = tmp_path / "eval.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        load_config(EvalConfig, config_path, section="eval").check()
