@@ -95,13 +95,18 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(world):
-    """One short training run on the colour pairs (shared by the tests that need a trained model)."""
+    """One short training run on the colour pairs (shared by the tests that need a trained model),
+    with an extra evaluation set: the same pairs with every label flipped."""
+    flipped = [{**json.loads(line), "preference": 3 - json.loads(line)["preference"]}
+               for line in (world / "prefs.jsonl").read_text().splitlines()]
+    (world / "flipped.json").write_text(json.dumps(flipped))
     config = from_dict(
         RMConfig,
         {
             "out": str(world / "run"),
             "model": {"path": str(world / "sft")},
-            "data": {"files": ["prefs.jsonl"], "root": str(world), "eval_pairs": 8},
+            "data": {"files": ["prefs.jsonl"], "root": str(world), "eval_pairs": 8,
+                     "eval_sets": {"flipped": "flipped.json"}},
             "lora": {"r": 8, "alpha": 16},
             "train": {
                 "batch_size": 8, "lr": 3e-3, "max_steps": 20, "schedule": "constant", "warmup_ratio": 0.0,
@@ -146,6 +151,9 @@ def test_training_lowers_the_loss_and_beats_chance_on_held_out_videos(trained):
     blind_best = max(red, len(heldout_ids) - red) / len(heldout_ids)
     assert summary["eval"]["heldout"]["accuracy"] >= 0.75
     assert summary["eval"]["heldout"]["accuracy"] > blind_best
+    # The extra set is scored on the held-out videos only (eval_sets_heldout_only), by the same model.
+    assert summary["eval"]["flipped"]["pairs"] == 8
+    assert summary["eval"]["flipped"]["accuracy"] == pytest.approx(1 - summary["eval"]["heldout"]["accuracy"])
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
 
 

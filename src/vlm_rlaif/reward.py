@@ -141,9 +141,10 @@ class RewardModel:
     ) -> RewardModel:
         """A new, trainable reward model on `lm`: a fresh LoRA adapter (default: the paper's r=64,
         alpha=16 on attention and MLP projections) and a new head. The visual path stays frozen."""
-        lm.add_lora(adapter_name, lora or LoraSettings(r=64, alpha=16, targets="attn_mlp"))
-        if not lm.visual_path_frozen:
+        lora = lora or LoraSettings(r=64, alpha=16, targets="attn_mlp")
+        if lora.train_projector or lora.train_vision_tower or not lm.visual_path_frozen:
             raise UserError("the reward model keeps the vision tower and projector frozen; do not train them")
+        lm.add_lora(adapter_name, lora)
         scalar = ScalarModel(lm, ScalarHead(lm.hidden_size).to(lm.device), lora_name=adapter_name)
         return cls(scalar, prompts, base_model=base_model, frames=frames)
 

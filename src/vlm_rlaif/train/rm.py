@@ -507,6 +507,8 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     extra_sets = {name: read_preference_file(root / f) for name, f in data.eval_sets.items()}
     if not records:
         raise UserError(f"rm: no preference records in {', '.join(data.files)}")
+    if data.toy_root is not None and not (Path(data.toy_root) / "truth").is_dir():
+        raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
     out = Path(config.out)
     if accelerator.is_main_process:
@@ -553,6 +555,14 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         raise UserError("rm: no training pairs left after dropping and holding out pairs")
     train_set = PreferenceDataset(train_records, store)
     heldout_set = PreferenceDataset(heldout, store)
+    # Extra evaluation sets are checked now too, not after hours of training.
+    heldout_videos = {video_identity(r.record) for r in heldout}
+    eval_sets = {HELDOUT_SET: heldout_set}
+    for name, extra in extra_sets.items():
+        extra = [extra[i] for i in usable_pairs(extra, None, 0)[0]]
+        if data.eval_sets_heldout_only:
+            extra = [r for r in extra if video_identity(r.record) in heldout_videos]
+        eval_sets[name] = PreferenceDataset(extra, store)
     if data.preload_frames:
         train_set.preload()
         heldout_set.preload()
@@ -594,20 +604,14 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     }
     if accelerator.is_main_process:
         rm.save(out / MODEL_SUBDIR)
-        heldout_videos = {video_identity(r.record) for r in heldout}
-        sets = {HELDOUT_SET: heldout}
-        for name, extra in extra_sets.items():
-            extra = [extra[i] for i in usable_pairs(extra, None, 0)[0]]
-            sets[name] = [r for r in extra if video_identity(r.record) in heldout_videos] if data.eval_sets_heldout_only else extra
         summary["eval"] = {}
-        for name, set_records in sets.items():
-            dataset = PreferenceDataset(set_records, store)
-            ids = [r.record.id for r in set_records]
+        for name, dataset in eval_sets.items():
+            ids = [r.record.id for r in dataset.records]
             results = score_rows(rm, preference_rows(dataset), ids, batch_size=config.score_batch_size,
                                  out=out / "eval" / f"{name}.jsonl")
             metrics = score_metrics(results)
             if data.toy_root is not None:
-                metrics["oracle"] = oracle_metrics(results, set_records, data.toy_root)
+                metrics["oracle"] = oracle_metrics(results, dataset.records, data.toy_root)
             summary["eval"][name] = metrics
             log.info("rm: %s: %d pairs, accuracy %s", name, metrics["pairs"],
                      "n/a" if metrics["accuracy"] is None else f"{metrics['accuracy']:.3f}")
