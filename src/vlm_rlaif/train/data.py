@@ -111,6 +111,13 @@ class InstructionDataset:
         return len({video_identity(r.record) for r in self.records})
 
 
+def check_training_records(records: Iterable[SourcedRecord], video_root: str | Path) -> None:
+    """The checks InstructionDataset makes, without building one: run them before writing anything."""
+    for sourced in records:
+        _training_messages(sourced)
+        _check_video_exists(Path(video_root), sourced)
+
+
 def _training_messages(sourced: SourcedRecord) -> list[dict[str, str]]:
     speakers = [turn.speaker for turn in sourced.record.conversations]
     expected = ["human" if i % 2 == 0 else "gpt" for i in range(len(speakers))]
@@ -193,6 +200,7 @@ __all__ = [
     "SourcedRecord",
     "answer_words",
     "batch_plan",
+    "check_training_records",
     "read_instruction_file",
     "video_identity",
 ]
