@@ -314,3 +314,19 @@ def test_two_way_probability_is_stable():
     assert two_way_probability(-1.0, -1.0) == 0.5
     assert two_way_probability(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
     assert two_way_probability(-1.0, -2000.0) == 1.0 and two_way_probability(-2000.0, -1.0) == 0.0
+
+
+def test_cli_reads_the_recipe_section(model_dir, root, tmp_path, capsys):
+    from vlm_rlaif.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "sft: {out: elsewhere}\n"
+        "feedback:\n"
+        f"  model_dir: {model_dir}\n  prompts: {root / 'prompts.json'}\n  video_root: {root}\n"
+        "  clip_max_frames: 4\n  candidates: {max_new_tokens: 4}\n  describe: {max_new_tokens: 4}\n"
+    )
+    assert main(["feedback", "--config", str(recipe), "--out", str(tmp_path / "run"), "max_prompts=2", "context=false"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompts"] == 2 and printed["pairs_judged"] == 2
+    assert main(["feedback", "--config", str(recipe), "--out", str(tmp_path / "other"), "judge.knd=local"]) == 2

@@ -197,3 +197,15 @@ def test_openai_describer_sends_each_clip_as_images(fake_openai_server, model_di
     contexts = [json.loads(line) for line in (tmp_path / "run" / "contexts.jsonl").read_text().splitlines()]
     assert summary["describer"] == "openai:describer-1" and len(contexts) == 1  # both prompts share video v0
     assert contexts[0]["descriptions"] == ["A clip of 3 frames."] * 3  # 4 frames per clip, at most 3 sent
+
+
+def test_a_clip_that_cannot_be_described_leaves_its_pairs_invalid(fake_openai_server, model_dir, root, tmp_path):
+    fake_openai_server.reply = lambda request: "   "  # an empty description, every time
+    endpoint = OpenAISettings(base_url=fake_openai_server.url, model="describer-1", api_key_env=None, max_invalid_retries=1)
+    config = make_config(
+        model_dir, root, tmp_path / "run", max_prompts=2, describe=ContextSettings(describer="openai", openai=endpoint)
+    )
+    summary = run_feedback(config)
+    assert summary["pairs_invalid"] == summary["pairs_without_context"] == 2 and summary["invalid_replies"] == 0
+    assert len(fake_openai_server.requests) == 3 * 2  # 3 clips, each asked twice, then given up
+    assert (tmp_path / "run" / "contexts.jsonl").read_text() == ""  # not stored: a later run asks again

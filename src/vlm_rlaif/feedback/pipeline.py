@@ -55,6 +55,7 @@ CANDIDATES_FILE = "candidates.jsonl"
 CONTEXTS_FILE = "contexts.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
 PREFERENCES_FILE = "preferences.jsonl"
+NO_CONTEXT = "no clip context (a clip could not be described)"
 
 
 @dataclass
@@ -218,7 +219,7 @@ class FeedbackRunner:
             items.append(JudgeItem(question, pair.output_1, pair.output_2, context, frames, key, toy))
             items.append(JudgeItem(question, pair.output_2, pair.output_1, context, frames, key, toy))
         verdicts = iter(judge.judge(items)) if items else iter(())
-        no_context = Verdict(None, invalid="the clip context could not be made")
+        no_context = Verdict(None, invalid=NO_CONTEXT)
         results = []
         for index in range(len(pairs)):
             results.append((no_context, no_context) if index in missing_context else (next(verdicts), next(verdicts)))
@@ -348,7 +349,10 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
     judgments = list(judged.values())
     statuses = Counter(j["status"] for j in judgments)
     agreeing = [j["orders_agree"] for j in judgments if j["orders_agree"] is not None]
-    invalid_replies = sum((j["invalid_first"] is not None) + (j["invalid_second"] is not None) for j in judgments)
+    # A pair whose context could not be made never reached the judge: not an invalid reply.
+    invalid_replies = sum(
+        sum(j[f"invalid_{order}"] not in (None, NO_CONTEXT) for order in ("first", "second")) for j in judgments
+    )
     kept = [j for j in judgments if j["status"] == "kept"]
     summary = {
         "prompts": len(prompts),
@@ -357,6 +361,7 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
         "pairs_judged": len(judgments),
         **{f"pairs_{status}": statuses[status] for status in STATUSES},
         "invalid_replies": invalid_replies,
+        "pairs_without_context": sum(j["invalid_first"] == NO_CONTEXT for j in judgments),
         "order_agreement": {
             "n": len(agreeing),
             "agree": sum(agreeing),
