@@ -239,7 +239,9 @@ class Speaker:
             # Two events in one sentence, told backwards: "X after Y" (no time word: it would
             # cover both events).
             if nxt is not None and nxt.t - f.t >= order_gap and nxt.kind != "appear" and self.rng.random() < 0.15:
-                lead = self.pick(["", "Then ", "After that, ", "Later, "]) if out else ""
+                # Every sentence after the first opens with a sequence word, so the text orders
+                # its events explicitly (the oracle orders only such sentences across objects).
+                lead = self.pick(["Then ", "After that, ", "Later, "]) if out else ""
                 later = self.clause(nxt, pronoun_ok=False)
                 earlier = self.clause(f, pronoun_ok=False)
                 out.append(_cap(f"{lead}{later} after {earlier}."))

@@ -12,8 +12,10 @@ How an answer is judged (parse.py reads the text into mentions and claims):
 - every claim about an object is checked against the truth over the question's span (the whole
   video, or one clip for clip descriptions), inside the time window of its time word ("at the end"
   = the last third, +-1 frame). A mentioned object that does not exist, a claim the truth
-  contradicts, and two events told in the wrong order (only events >= order_gap frames apart) each
-  count as one hallucination (a contradicted fact);
+  contradicts, and two events told in the wrong order each count as one hallucination (a
+  contradicted fact). Order is checked only for events >= order_gap frames apart, and only where
+  the answer orders them: events of one object, events in one sentence, or the later-told one in a
+  sentence opened by a sequence or time word ("Then ...", "Later, ...", "At the end, ...");
 - short answers (colour, shape, count, direction, colour_change, which_object, event_order, when,
   yes_no): correct = the value the answer gives is the expected one, no hallucination, no
   repetition;
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlm_rlaif.errors import RecordError
+from vlm_rlaif.toyworld.lexicon import WALL_OF
 from vlm_rlaif.toyworld.parse import EVENT_KINDS, Claim, Mention, Parsed, parse
 from vlm_rlaif.toyworld.world import Truth
 
@@ -71,14 +74,14 @@ class _Context:
     span: tuple[int, int]
     default: list[int]  # objects a subject-less claim is about ("It is red.")
     facts: list[FactVerdict] = field(default_factory=list)
-    matched: dict[int, float] = field(default_factory=dict)  # truth event index -> answer order
+    matched: dict[int, Claim] = field(default_factory=dict)  # truth event index -> the claim telling it
     told_motion: set[int] = field(default_factory=set)  # objects whose first motion is stated
     named: set[int] = field(default_factory=set)  # objects mentioned unambiguously
     hallucinated_mentions: set[tuple] = field(default_factory=set)
 
 
 class Oracle:
-    def __init__(self, order_gap: int = 3, time_tolerance: int = 1):
+    def __init__(self, order_gap: int = 3, time_tolerance: int = 2):
         self.order_gap = order_gap
         self.time_tolerance = time_tolerance
         self._truths: dict[Path, Truth] = {}
@@ -208,7 +211,7 @@ class Oracle:
             if claim.kind in EVENT_KINDS:
                 k = self._match_event(ctx, [i for i, h in zip(objs, holds) if h], claim, window)
                 if k is not None and k not in ctx.matched:
-                    ctx.matched[k] = claim.order
+                    ctx.matched[k] = claim
 
     def _hallucinated_mention(self, ctx: _Context, claim: Claim) -> None:
         m = claim.subject
@@ -280,12 +283,15 @@ class Oracle:
         return f"{o.colours[0]} {o.shape}"
 
     def _check_order(self, ctx: _Context) -> None:
-        """Every two told events >= order_gap frames apart must be told in their true order."""
+        """Two told events >= order_gap frames apart must be told in their true order when the
+        answer orders them: they are events of one object, or told in one sentence, or the one
+        told later opens a sentence with a sequence or time word ("Then ...", "At the end, ...")."""
         told = sorted(ctx.matched.items(), key=lambda kv: ctx.truth.events[kv[0]].t)
-        for x, (k1, o1) in enumerate(told):
-            for k2, o2 in told[x + 1:]:
+        for x, (k1, c1) in enumerate(told):
+            for k2, c2 in told[x + 1:]:
                 e1, e2 = ctx.truth.events[k1], ctx.truth.events[k2]
-                if e2.t - e1.t >= self.order_gap and o2 < o1:
+                ordered = e1.object == e2.object or c1.sentence == c2.sentence or c1.anchored
+                if e2.t - e1.t >= self.order_gap and c2.order < c1.order and ordered:
                     ctx.facts.append(FactVerdict(
                         f"order: {self._name(ctx, e1.object)} {e1.type} before {self._name(ctx, e2.object)} "
                         f"{e2.type}", "contradicted"))
@@ -319,8 +325,14 @@ class Oracle:
             for i in objs:
                 required.append((f"object: {self._name(ctx, i)}", i in ctx.named))
                 first = t.visible_frames(i, ctx.span)[0]
-                required.append((f"motion: {self._name(ctx, i)} {t.states[first][i].motion} when first seen",
-                                 i in ctx.told_motion))
+                motion = t.states[first][i].motion
+                # "bounces off the bottom wall" also says it was moving down before
+                own = [k for k in ctx.matched if t.events[k].object == i]
+                first_told = min(own, key=lambda k: t.events[k].t) if own else None
+                implied = (first_told is not None and t.events[first_told].type == "bounce"
+                           and motion in WALL_OF and t.events[first_told].wall == WALL_OF[motion])
+                required.append((f"motion: {self._name(ctx, i)} {motion} when first seen",
+                                 i in ctx.told_motion or implied))
         for fact, ok in required:
             if not ok:
                 ctx.facts.append(FactVerdict(fact, "not_mentioned"))
@@ -407,7 +419,7 @@ class Oracle:
 
     def _order_value(self, ctx: _Context, parsed: Parsed, params: dict) -> object:
         a, b = params["events"]
-        told = {k: o for k, o in ctx.matched.items() if k in (a, b)}
+        told = {k: c.order for k, c in ctx.matched.items() if k in (a, b)}
         if params["ask"] == "before_after":
             if len(told) == 2 and told[a] != told[b]:
                 return "before" if told[a] < told[b] else "after"
@@ -433,13 +445,17 @@ class Oracle:
                 if m.shape == fact["shape"] and m.colour in (None, fact["colour"]):
                     return "no" if m.negated else "yes"
             return None
+        other_value = False  # the answer tells a different direction / colour: an implicit "no"
         for c in parsed.claims:
-            if c.kind == {"move": "move"}.get(kind, kind) and self._about(ctx, c, fact["object"]):
-                if kind == "change_colour" and fact.get("colour") and c.value not in (None, fact["colour"]):
-                    continue
-                if kind == "move" and fact.get("direction") and c.value not in (None, fact["direction"]):
-                    continue
-                return "no" if c.negated else "yes"
-            if kind == "move" and c.kind == "still" and self._about(ctx, c, fact["object"]):
+            if not self._about(ctx, c, fact["object"]):
+                continue
+            if kind == "move" and c.kind == "still":
                 return "yes" if c.negated else "no"
-        return None
+            if c.kind != kind:
+                continue
+            wanted = fact.get("direction") if kind == "move" else fact.get("colour") if kind == "change_colour" else None
+            if wanted and c.value not in (None, wanted):
+                other_value = other_value or not c.negated
+                continue
+            return "no" if c.negated else "yes"
+        return "no" if other_value else None

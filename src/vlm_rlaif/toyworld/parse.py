@@ -62,6 +62,10 @@ class Claim:
     order: float = 0.0
     sentence: int = 0
     filter: Mention | None = None  # count claims: what is counted (None: whatever the question counts)
+    # Its sentence opens with a sequence word or a time word ("Then ...", "At the end, ..."): it is
+    # placed after everything told before. Without one, a new sentence about another object need
+    # not be later ("The square moves left and stops. The circle moves up.").
+    anchored: bool = False
 
 
 @dataclass
@@ -153,7 +157,8 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         "becomes visible", "become visible", "enters", "enter", "entered", "entering", "enters the scene",
         "enters the screen", "enters the frame", "emerges", "emerge", "emerged", "arrives", "arrive", "arrived",
         "comes in", "is added", "gets added", "materializes", "materialises", "joins")
-    add("COPULA", "appears to be", "appear to be", "seems to be", "looks like", "look like")
+    add("COPULA", "appears to be", "appear to be", "seems to be", "looks like", "look like", "ends up",
+        "end up", "ended up", "ending up", "is colored", "turns out to be")
     add("DISAPPEAR", *_forms("disappear", "vanish"), "goes away", "go away", "went away", "going away",
         "is gone", "are gone", "leaves", "leave", "leaving", "left the screen", "left the scene",
         "left the frame", "left the video", "left the view", "has left", "exits", "exit", "exited",
@@ -187,10 +192,12 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     add("MOVE", *_forms("move", "slide", "glide", "travel", "drift", "head", "roll", "float", "shift"),
         "goes", "go", "going", "went", "runs", "ran", "comes back", "come back", "came back", "returns",
         "keeps moving", "keeps going", "continues moving", "continues", "is moving", "heads")
-    add("TIME:start", "at the start", "at the beginning", "in the beginning", "at first", "early on", "early",
-        "at the start of the video", "at the beginning of the video", "in the first part", "initially",
-        "at the very start", "at the very beginning", "in the first third", "to begin with", "the start",
+    add("TIME:start", "at the start", "at the beginning", "in the beginning", "early on", "early",
+        "at the start of the video", "at the beginning of the video", "in the first part",
+        "at the very start", "at the very beginning", "in the first third", "the start",
         "the beginning", "in the opening")
+    # "at first" is relative to the object ("appears and at first does not move"), not a third.
+    add("IGNORE", "at first", "initially", "to begin with", "first of all", "in total", "altogether")
     add("TIME:middle", "in the middle", "in the middle of the video", "halfway", "halfway through", "midway",
         "midway through", "in the second part", "partway through", "in the second third", "the middle",
         "mid video", "at the midpoint")
@@ -206,7 +213,9 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     # No "right after": "moves right after the circle stops" is a direction, then "after".
     add("AFTER", "after", "just after", "shortly after", "soon after")
     add("BEFORE", "before", "just before", "shortly before")
-    add("SEQ", "right after that", "right after this", "immediately after that")
+    add("SEQ", "right after that", "right after this", "immediately after that", "shortly after that",
+        "soon after that", "just after that", "shortly afterwards", "soon afterwards", "after which",
+        "shortly after this", "and after that")
     add("EXIST", "there is", "there are", "there was", "there were", "i see", "i can see", "we see",
         "we can see", "you can see", "can be seen", "the video shows", "the video contains",
         "the clip shows", "shows", "show", "features", "contains", "there appears to be", "there seems to be",
@@ -216,6 +225,8 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     add("NEG", "not", "never", "no longer", "neither", "nor", "without")
     add("PRON", "it", "its", "this", "that one", "this one", "the same object", "the same shape", "the former",
         "the latter", "itself")
+    add("PRONS", "they", "both", "both of them", "all of them", "each of them", "both shapes", "both objects",
+        "all three", "all the objects", "all the shapes", "the two", "the three")
     add("IGNORE", "right away", "that is right", "all right", "slows down", "slow down", "speeds up",
         "speed up", "again", "back", "also", "too", "only", "just", "still moving", "keeps", "the whole time",
         "throughout", "all the time", "constantly", "steadily", "slowly", "quickly", "fast", "a bit", "a little",
@@ -250,6 +261,10 @@ def canonicalize(words: list[str]) -> list[tuple[str, str]]:
         if w == "still" and i + 1 < len(words) and words[i + 1] in _STILL_ADVERB_NEXT:
             i += 1  # the adverb "still" adds nothing
             continue
+        at_start = i == 0 or words[i - 1] in (".", "!", "?", ";", ",")
+        if w == "right" and at_start and i + 1 < len(words) and words[i + 1] in ("at", "after", "before", "away"):
+            i += 1  # "Right at the beginning": emphasis, not a direction
+            continue
         if w in COLOUR_WORDS or w in SHAPE_WORDS or w in SIZE_WORDS:
             # Object words never start a phrase ("the left wall" starts at "the"; "one" is handled below).
             out.append((w, w))
@@ -257,7 +272,10 @@ def canonicalize(words: list[str]) -> list[tuple[str, str]]:
             continue
         for phrase, toks in _FIRST_WORDS.get(w, ()):
             if tuple(words[i:i + len(phrase)]) == phrase:
-                # "the red one" / "the" + shape: a determiner, not the start of a TIME or WALL phrase.
+                after = words[i + len(phrase)] if i + len(phrase) < len(words) else ""
+                if toks == ("PRONS",) and (after in SHAPE_WORDS or after in GENERIC_NOUNS or after in COLOUR_WORDS
+                                           or after in SIZE_WORDS):
+                    continue  # "both squares": a determiner, not "both" standing for the objects
                 for tok in toks:
                     out.append((tok, " ".join(phrase)))
                 i += len(phrase)
@@ -387,8 +405,10 @@ def _items(toks: list[tuple[str, str]], base: int) -> list[_Item]:
                 items.append(_Item("plural_verb", None, i))
         elif tok in ("NEG", "no", "nothing"):
             items.append(_Item("neg", None, i))
-        elif tok in ("COPULA", "EXIST", "PRON"):
-            items.append(_Item(tok.lower(), None, i))
+        elif tok in ("COPULA", "EXIST", "PRON", "PRONS"):
+            items.append(_Item(tok.lower(), None, i, text))
+            if tok == "COPULA" and text in ("are", "were"):
+                items.append(_Item("plural_verb", None, i))
         elif tok in NON_OBJECT_NOUNS:
             items.append(_Item("nonobject", None, i))
         elif tok.isdigit() or (tok in NUMBER_VALUES and not (tok == "one" and _noun_one(toks, i))):
@@ -414,6 +434,9 @@ class _Reader:
         self.before_lead: tuple[int, int] | None = None  # claims of a "Before X," clause
         self.sentence_time: tuple[int, str | None] = (-1, None)
         self.mention_only: Mention | None = None  # the previous clause was just "the red square"
+        self.sentence_mentions: dict[int, list[Mention]] = {}  # singular mentions of each sentence
+        self.anchored = False  # the current sentence opens with a sequence or time word
+        self.last_verb: str | None = None  # the previous clause's last verb ("turns yellow and then blue")
 
     def read(self, clause: _Clause, base: int) -> None:
         items = _items(clause.tokens, base)
@@ -440,7 +463,7 @@ class _Reader:
 
         # ---- time word (a sentence-initial one covers the rest of the sentence)
         time = next((it.value for it in items if it.kind == "time"), None)
-        if time is not None and clause.sentence_start:
+        if time is not None and clause.sentence_start and items[0].kind == "time":
             self.sentence_time = (clause.sentence, time)  # type: ignore[assignment]
         elif time is None and self.sentence_time[0] == clause.sentence:
             time = self.sentence_time[1]
@@ -449,11 +472,19 @@ class _Reader:
         first_verb = next((n for n, k in enumerate(kinds) if k in ("pred", "copula", "dir", "wall")), len(items))
         own: Mention | None = None
         subject: Mention | None = self.subject
+        group: list[Mention] = []  # "both", "they": every object of this (or the last) sentence
         for it in items[:first_verb]:
             if it.kind == "mention":
                 own = it.value  # type: ignore[assignment]
                 break
             if it.kind == "pron":
+                break
+            if it.kind == "prons":
+                group = self.sentence_mentions.get(clause.sentence) or \
+                    self.sentence_mentions.get(max([k for k in self.sentence_mentions if k < clause.sentence],
+                                                   default=-1), [])
+                group = list(dict.fromkeys(group))
+                subject = group[0] if group else _NO_SUBJECT
                 break
             if it.kind == "nonobject":
                 subject = _NO_SUBJECT
@@ -465,9 +496,12 @@ class _Reader:
             if not own.plural and not own.negated:
                 self.subject = own
 
+        if clause.sentence_start:
+            self.anchored = clause.connector in _CONNECTIVES or (bool(items) and items[0].kind == "time")
+
         def add(kind: str, value=None, negated: bool = False, subj: Mention | None = subject,
                 filt: Mention | None = None) -> None:
-            self.claims.append(Claim(kind, subj, value, negated, time, order, clause.sentence, filt))
+            self.claims.append(Claim(kind, subj, value, negated, time, order, clause.sentence, filt, self.anchored))
 
         negs = [it.at for it in items if it.kind == "neg"]
         copula = next((it.at for it in items if it.kind == "copula"), None)
@@ -549,17 +583,27 @@ class _Reader:
                     add("move", it.value, any(q < it.at for q in negs))
             elif it.kind == "wall" and not preds:
                 add("bounce", None if it.value == "any" else it.value)
+        # A colour alone right after a colour change repeats the verb: "turns yellow and then blue".
+        elliptic = not preds and copula is None and own is None and self.last_verb == "change_colour"
         # Bare colours and sizes: state claims ("it is red", "red.", "blue at the end").
         for it in items:
-            if it.kind == "colour" and it.at not in used_colours and not (change is not None and it.at > change):
+            if it.kind == "colour" and elliptic:
+                add("change_colour", it.value, any(q < it.at for q in negs))
+            elif it.kind == "colour" and it.at not in used_colours and not (change is not None and it.at > change):
                 add("colour", it.value, any(q < it.at for q in negs))
             elif it.kind == "size" and copula is not None and it.at > copula:
                 add("size", it.value, any(q < it.at for q in negs))
 
         # ---- "the square and the circle move left": a plural verb speaks for both
         new = self.claims[first_claim:]
-        if (self.mention_only is not None and clause.connector == "and" and "plural_verb" in kinds
-                and own is not None):
+        for other in group[1:]:
+            for c in new:
+                if c.subject is group[0] and c.kind not in ("exists", "size", "count"):
+                    self.claims.append(Claim(c.kind, other, c.value, c.negated, c.time, c.order, c.sentence))
+        self.sentence_mentions.setdefault(clause.sentence, []).extend(
+            it.value for it in items if it.kind == "mention" and not it.value.plural and not it.value.negated)  # type: ignore[union-attr]
+        if (self.mention_only is not None and clause.connector == "and" and own is not None
+                and ("plural_verb" in kinds or "prons" in kinds)):
             for c in new:
                 if c.kind not in ("exists", "size", "count") and c.subject is own:
                     self.claims.append(Claim(c.kind, self.mention_only, c.value, c.negated, c.time, c.order,
@@ -568,6 +612,8 @@ class _Reader:
         self.mention_only = own if (own is not None and not said_something and "exist" not in kinds) else None
         if clause.connector == "BEFORE" and clause.sentence_start:
             self.before_lead = (first_claim, len(self.claims))
+        verbs = [c.kind for c in self.claims[first_claim:] if c.kind in EVENT_KINDS]
+        self.last_verb = verbs[-1] if verbs else (None if preds or own is not None else self.last_verb)
 
 
 def parse(text: str) -> Parsed:
@@ -578,15 +624,18 @@ def parse(text: str) -> Parsed:
         nxt = words[1] if len(words) > 1 else ""
         if not (nxt in COLOUR_WORDS or nxt in SHAPE_WORDS or nxt in SIZE_WORDS or nxt in GENERIC_NOUNS):
             polarity = "yes" if words[0] in YES_WORDS else "no"
+    if polarity is None:
+        polarity = _auxiliary_polarity(tokens)
     time_words = [t[5:] for t, _ in tokens if t.startswith("TIME:")]
     relation_words = []
     for tok, text_ in tokens:
         if tok in ("AFTER", "BEFORE"):
             relation_words.append(tok.lower())
-        elif tok == "SEQ" and text_ in ("later", "later on", "afterwards", "afterward"):
-            relation_words.append("after")
-        elif tok == "BACK" and text_ == "earlier":
-            relation_words.append("before")
+        elif tok == "SEQ" and text_ not in ("then", "and then", "next", "until", "finally", "lastly", "at last",
+                                            "eventually", "soon"):
+            relation_words.append("after")  # "later", "after that", "afterwards", ...
+        elif tok == "BACK":
+            relation_words.append("before")  # "earlier", "before that", ...
         elif tok in ("first", "firstly", "sooner"):
             relation_words.append("before")
         elif tok == "second":
@@ -607,6 +656,27 @@ def parse(text: str) -> Parsed:
             words_so_far.append(text_)
     claims = [c for c in _dedupe(reader.claims) if c.subject is not _NO_SUBJECT]
     return Parsed(claims, reader.mentions, polarity, reader.numbers, time_words, relation_words, sentences)
+
+
+_AUXILIARIES = {"does", "did", "do", "is", "was", "are", "were", "will", "can", "has", "have"}
+
+
+def _auxiliary_polarity(tokens: list[tuple[str, str]]) -> str | None:
+    """"It does." / "It doesn't, it stays white." / "There isn't.": a short answer made of a
+    subject, an auxiliary and maybe "not", alone in its first clause."""
+    first: list[str] = []
+    for tok, _ in tokens:
+        if tok in _SPLITTERS:
+            break
+        first.append(tok)
+    if len(first) < 2 or first[0] not in ("PRON", "EXIST", "PRONS", "they", "there"):
+        return None
+    rest = first[1:]
+    if first[0] == "EXIST":  # "there is" already holds the auxiliary
+        rest = ["is"] + rest
+    if rest[0] not in _AUXILIARIES or any(t not in ("NEG",) for t in rest[1:]):
+        return None
+    return "no" if "NEG" in rest else "yes"
 
 
 def _dedupe(claims: list[Claim]) -> list[Claim]:
