@@ -172,6 +172,10 @@ def test_local_judge_probabilities_match_next_token_logprobs(lm, root):
     assert render_judge_prompt(without) == load_prompt("judge_pairwise").render(
         question=first.question, answer_a=first.answer_a, answer_b=first.answer_b
     )
+    with_reason = LocalJudge(lm, JudgeSettings(rationale=True, rationale_max_new_tokens=4), "local:tiny", "v").judge([first])[0]
+    example = LocalJudge(lm, JudgeSettings(), "local:tiny", "v").examples([first])
+    greedy = lm.generate(example, GenerationSettings(max_new_tokens=4, temperature=0.0))[0].text
+    assert with_reason.rationale == greedy and with_reason.prob_a == pytest.approx(verdicts[0].prob_a)
     strict = LocalJudge(lm, JudgeSettings(min_verdict_mass=0.9), "local:tiny", "v").judge([first])[0]
     assert strict.prob_a is None and "min_verdict_mass" in strict.invalid  # off-format judge: invalid, not guessed
 

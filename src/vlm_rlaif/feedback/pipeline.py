@@ -85,13 +85,13 @@ class FeedbackRunner:
     """The models, judge, frames and logs of one feedback run directory; run_feedback and the
     context measurement both drive it."""
 
-    def __init__(self, config: FeedbackConfig, directory: Path, *, judge: Judge | None = None):
+    def __init__(self, config: FeedbackConfig, directory: Path):
         self.config = config
         self.dir = directory
         self.policy = self._load(config.model_dir)
         num_frames = config.num_frames or getattr(self.policy.processor, "num_frames", None) or 50
         self.frames = FrameStore(config.video_root, FrameSampling(num_frames, config.clip_max_frames))
-        self.judge = judge or self._make_judge()
+        self.judge = self._make_judge()
         self._contexts: ClipContexts | None = None
         self.candidates: dict[str, PromptCandidates] = {}
         self.sampling: dict[str, dict] = {}
