@@ -91,8 +91,9 @@ class EvalConfig:
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
 
-    def check(self) -> None:
-        """Raise ConfigError naming the first key that cannot work."""
+    def check(self, *, judge_given: bool = False) -> None:
+        """Raise ConfigError naming the first key that cannot work (judge_given: the caller brings
+        its own judge, so the judge section is not checked)."""
         if not self.models:
             raise ConfigError("eval: 'models' is empty; list at least one {name, path}")
         if not self.benchmarks:
@@ -114,7 +115,7 @@ class EvalConfig:
             if bench.limit is not None and bench.limit < 1:
                 raise ConfigError(f"eval: benchmark {bench.name!r}: limit must be >= 1")
         judge = self.judge
-        needs_judge = any(b.kind != "mcq" for b in self.benchmarks)
+        needs_judge = not judge_given and any(b.kind != "mcq" for b in self.benchmarks)
         if needs_judge and judge.kind == "openai" and not judge.model:
             raise ConfigError("eval: judge.model is required for the openai judge (name it exactly, e.g. gpt-4o-mini-2024-07-18)")
         if needs_judge and judge.kind == "local" and not judge.path:

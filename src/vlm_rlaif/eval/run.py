@@ -70,9 +70,10 @@ def build_judge(spec: JudgeSpec, out_dir: str | Path) -> Judge:
 def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None = None) -> dict:
     """Evaluate every model on every benchmark; returns the summary (also in <out>/summary.json).
 
-    judge: use this judge instead of building config.judge's (tests, the demo).
+    judge: use this judge instead of building config.judge's (tests, the demo); config.judge is then
+    only recorded.
     """
-    config.check()
+    config.check(judge_given=judge is not None)
     run = RunDir.open(config.out, "eval", config, config.seed, overwrite=overwrite)
     items = {
         b.name: load_items(b.kind, b.file, answers_path=b.answers_file, video_prefix=b.video_prefix, limit=b.limit)
@@ -95,17 +96,23 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
 
     results: dict[str, dict[str, dict]] = {}
     rows: list[dict] = []
-    for model in config.models:
-        results[model.name] = {}
-        for bench in config.benchmarks:
-            path = run.path / "judgements" / model.name / f"{bench.name}.jsonl"
-            if judge is None and bench.kind != "mcq" and _pending(bench.kind, items[bench.name], predictions[model.name][bench.name], path):
-                judge = build_judge(config.judge, run.path)
-            judged = judge_benchmark(items[bench.name], predictions[model.name][bench.name], kind=bench.kind, by=judge, out_path=path)
-            rows += [row for row in judged if bench.kind != "mcq"]
-            b = config.bootstrap
-            agg = aggregate(bench.kind, judged, resamples=b.resamples, confidence=b.confidence, seed=b.seed)
-            results[model.name][bench.name] = {"kind": bench.kind, "paper": bench.paper, "items": len(items[bench.name]), **agg}
+    boot = config.bootstrap
+    built: Judge | None = None  # the judge built here (closed here), if any
+    try:
+        for model in config.models:
+            results[model.name] = {}
+            for bench in config.benchmarks:
+                mine = predictions[model.name][bench.name]
+                path = run.path / "judgements" / model.name / f"{bench.name}.jsonl"
+                if judge is None and bench.kind != "mcq" and _pending(bench.kind, items[bench.name], mine, path):
+                    judge = built = build_judge(config.judge, run.path)
+                judged = judge_benchmark(items[bench.name], mine, kind=bench.kind, by=judge, out_path=path)
+                rows += [row for row in judged if bench.kind != "mcq"]
+                agg = aggregate(bench.kind, judged, resamples=boot.resamples, confidence=boot.confidence, seed=boot.seed)
+                results[model.name][bench.name] = {"kind": bench.kind, "paper": bench.paper, "items": len(items[bench.name]), **agg}
+    finally:
+        if isinstance(built, OpenAIJudge):
+            built.client.close()
 
     judge_record = _judge_record(config.judge, judge, rows)
     bench_rows = [{"name": b.name, "kind": b.kind, "paper": b.paper} for b in config.benchmarks]
@@ -119,8 +126,6 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
         "results": results,
         "paper_judge": {"model": PAPER_JUDGE, "note": PAPER_JUDGE_NOTE},
     }
-    if isinstance(judge, OpenAIJudge):
-        judge.client.close()
     log.info("wrote %s", run.path / "results.md")
     return run.finish(summary)
 
