@@ -334,3 +334,45 @@ def test_cli_reads_the_recipe_section(model_dir, root, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["prompts"] == 2 and printed["pairs_judged"] == 2
     assert main(["feedback", "--config", str(recipe), "--out", str(tmp_path / "other"), "judge.knd=local"]) == 2
+
+
+def test_a_killed_process_resumes_without_duplicates(model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = make_video_root(tmp_path / "videos", videos=3, prompts_per_video=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model_dir: {model_dir}\nprompts: {root / 'prompts.json'}\nvideo_root: {root}\nout: {tmp_path / 'run'}\n"
+        "clip_max_frames: 4\nchunk_size: 1\ncandidates: {max_new_tokens: 6}\ndescribe: {max_new_tokens: 6}\n"
+    )
+    judgments = tmp_path / "run" / "judgments.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vlm_rlaif.cli", "feedback", "--config", str(recipe)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (judgments.exists() and judgments.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "summary.json").exists(), "the run finished before it could be killed"
+    before = [line for line in judgments.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert len(before) >= 2
+
+    from vlm_rlaif.config import load_config
+    from vlm_rlaif.feedback import FeedbackConfig
+
+    summary = run_feedback(load_config(FeedbackConfig, recipe))
+    after = judgments.read_text().splitlines(keepends=True)
+    assert after[: len(before)] == before  # finished judgments were neither redone nor changed
+    ids = [json.loads(line)["id"] for line in after]
+    assert len(ids) == len(set(ids)) == summary["pairs_judged"] == 12 - summary["prompts_dropped"]
+    prefs = _lines(tmp_path / "run" / "preferences.jsonl")
+    assert len({p["id"] for p in prefs}) == len(prefs) == summary["pairs_kept"]
+    candidates = _lines(tmp_path / "run" / "candidates.jsonl")
+    assert sorted(c["prompt_id"] for c in candidates) == sorted({c["prompt_id"] for c in candidates})

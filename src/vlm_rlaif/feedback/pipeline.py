@@ -90,7 +90,9 @@ class FeedbackRunner:
         self.dir = directory
         self.policy = self._load(config.model_dir)
         num_frames = config.num_frames or getattr(self.policy.processor, "num_frames", None) or 50
-        self.frames = FrameStore(config.video_root, FrameSampling(num_frames, config.clip_max_frames))
+        # Decoded frames of about one chunk's videos are kept: full-resolution videos are large.
+        sampling = FrameSampling(num_frames, config.clip_max_frames)
+        self.frames = FrameStore(config.video_root, sampling, max_videos=max(16, config.chunk_size))
         self.judge = self._make_judge()
         self._contexts: ClipContexts | None = None
         self.candidates: dict[str, PromptCandidates] = {}
