@@ -237,17 +237,20 @@ class Oracle:
         t = ctx.truth
         o = t.objects[obj]
         frames = t.visible_frames(obj, window)
+        # States hold if true on some visible frame of the window ("the square is red" of a square
+        # that turns blue), or on every one for "always" claims ("stays red the whole time").
+        some_or_all = all if claim.always else any
         if claim.kind == "colour":
-            return claim.value in {t.states[f][obj].colour for f in frames}
+            return some_or_all(t.states[f][obj].colour == claim.value for f in frames)
         if claim.kind == "shape":
             return o.shape == claim.value
         if claim.kind == "size":
             return o.size == claim.value
-        motions = {t.states[f][obj].motion for f in frames}
+        motions = [t.states[f][obj].motion for f in frames]
         if claim.kind == "move":
-            return bool(motions - {"still"}) if claim.value is None else claim.value in motions
+            return some_or_all(m != "still" if claim.value is None else m == claim.value for m in motions)
         if claim.kind == "still":
-            return "still" in motions
+            return some_or_all(m == "still" for m in motions)
         return self._match_event(ctx, [obj], claim, window, any_match=True) is not None
 
     def _match_event(self, ctx: _Context, objs: list[int], claim: Claim, window: tuple[int, int],

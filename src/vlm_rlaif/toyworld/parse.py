@@ -66,6 +66,7 @@ class Claim:
     # placed after everything told before. Without one, a new sentence about another object need
     # not be later ("The square moves left and stops. The circle moves up.").
     anchored: bool = False
+    always: bool = False  # "the whole time", "never moves": true on every visible frame of its window
 
 
 @dataclass
@@ -178,10 +179,15 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         "remains still", "remain still", "remained still", "stands still", "stand still", "standing still",
         "stays in place", "stay in place", "staying in place", "remains in place", "remains stationary",
         "stays stationary", "stays put", "stationary", "motionless", "static", "not moving",
-        "does not move", "do not move", "did not move", "never moves", "never move", "is not moving",
-        "does not move at all", "without moving", "at rest", "stays where it is", "sits still",
+        "does not move", "do not move", "did not move", "is not moving", "without moving", "at rest", "stays where it is", "sits still",
         "does not change position", "does not go anywhere", "keeps still", "in the same place",
         "in the same spot", "does not budge", "still")
+    # "never moves": still on every frame, not just at some point
+    add("STILL ALWAYS", "never moves", "never move", "never moved", "never moving", "does not move at all",
+        "do not move at all", "did not move at all", "not moving at all", "does not move once")
+    add("ALWAYS", "the whole time", "the whole video", "throughout", "all the time", "all along", "the entire time",
+        "the entire video", "all the way through", "the whole way", "at all times", "from start to end",
+        "from start to finish", "for the whole video", "the whole time long", "constantly")
     add("BOUNCE", *_forms("bounce", "rebound", "ricochet"), "bounces back", "bounce back", "bounced back",
         "rebounds", "bumps into", "bumps against", "reflects off", "is reflected")
     add("CHANGE", *_forms("turn", "change", "switch"), "became", "becomes", "become", "becoming",
@@ -228,8 +234,7 @@ def _phrases() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     add("PRONS", "they", "both", "both of them", "all of them", "each of them", "both shapes", "both objects",
         "all three", "all the objects", "all the shapes", "the two", "the three")
     add("IGNORE", "right away", "that is right", "all right", "slows down", "slow down", "speeds up",
-        "speed up", "again", "back", "also", "too", "only", "just", "still moving", "keeps", "the whole time",
-        "throughout", "all the time", "constantly", "steadily", "slowly", "quickly", "fast", "a bit", "a little",
+        "speed up", "again", "back", "also", "too", "only", "just", "still moving", "keeps", "steadily", "slowly", "quickly", "fast", "a bit", "a little",
         "then stays", "of the video", "of the clip", "on the screen", "on screen", "in the video",
         "in the clip", "in this clip", "in this video", "in this part", "the screen", "at some point",
         "on a dark background", "on the dark background", "on a black background", "i think", "it seems",
@@ -405,6 +410,8 @@ def _items(toks: list[tuple[str, str]], base: int) -> list[_Item]:
                 items.append(_Item("plural_verb", None, i))
         elif tok in ("NEG", "no", "nothing"):
             items.append(_Item("neg", None, i))
+        elif tok == "ALWAYS":
+            items.append(_Item("always", None, i))
         elif tok in ("COPULA", "EXIST", "PRON", "PRONS"):
             items.append(_Item(tok.lower(), None, i, text))
             if tok == "COPULA" and text in ("are", "were"):
@@ -499,9 +506,12 @@ class _Reader:
         if clause.sentence_start:
             self.anchored = clause.connector in _CONNECTIVES or (bool(items) and items[0].kind == "time")
 
+        always = "always" in kinds
+
         def add(kind: str, value=None, negated: bool = False, subj: Mention | None = subject,
                 filt: Mention | None = None) -> None:
-            self.claims.append(Claim(kind, subj, value, negated, time, order, clause.sentence, filt, self.anchored))
+            self.claims.append(Claim(kind, subj, value, negated, time, order, clause.sentence, filt, self.anchored,
+                                     always and kind in ("colour", "move", "still")))
 
         negs = [it.at for it in items if it.kind == "neg"]
         copula = next((it.at for it in items if it.kind == "copula"), None)

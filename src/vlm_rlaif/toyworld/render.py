@@ -11,15 +11,17 @@ from vlm_rlaif.toyworld.world import Truth
 
 def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Inside-test for a shape of radius r centred at the origin; dx, dy are pixel offsets.
-    Sizes are matched by eye so the four shapes of one radius look equally big."""
+    Areas at one radius are within 15% of each other (circle 3.14 r^2, square 3.10, diamond 2.88,
+    triangle 2.75), and every shape stays within 1.3 r of its centre (what render and the collision
+    check in world.py assume)."""
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "square":
         half = 0.88 * r
         return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    if shape == "triangle":  # apex up
-        top, bottom = -1.1 * r, 0.85 * r
-        half_width = (dy - top) / (bottom - top) * 1.15 * r
+    if shape == "triangle":  # apex up; area 2.75 r^2, close to the circle's 3.14 r^2
+        top, bottom = -1.25 * r, 0.95 * r
+        half_width = (dy - top) / (bottom - top) * 1.25 * r
         return (dy >= top) & (dy <= bottom) & (np.abs(dx) <= half_width)
     if shape == "diamond":
         return np.abs(dx) + np.abs(dy) <= 1.2 * r
