@@ -132,6 +132,7 @@ def test_explained_variance():
     assert pm.explained_variance(returns, returns, MASK).item() == pytest.approx(1.0)
     constant = torch.full_like(returns, 3.0)
     assert pm.explained_variance(constant, returns, MASK).item() == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(pm.explained_variance(returns, constant, MASK).item())  # returns without variance
 
 
 def test_logprobs_and_entropy():

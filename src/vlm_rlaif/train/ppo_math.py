@@ -76,10 +76,13 @@ def whiten(
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False) -> torch.Tensor:
-    """1 - Var(returns - values) / Var(returns): 1 for a perfect value model, 0 for a constant one."""
+    """1 - Var(returns - values) / Var(returns): 1 for a perfect value model, 0 for a constant one;
+    NaN when the returns do not vary (undefined)."""
     _, var_returns = masked_mean_var(returns, mask, across_processes=across_processes)
     _, var_error = masked_mean_var(returns - values, mask, across_processes=across_processes)
-    return 1.0 - var_error / var_returns.clamp(min=1e-12)
+    if var_returns.item() < 1e-12:
+        return torch.tensor(float("nan"))
+    return 1.0 - var_error / var_returns
 
 
 # ---------------------------------------------------------------------------- log-probabilities

@@ -1,0 +1,1076 @@
+"""Stage 3: policy initialisation and PPO against the video reward model (docs/method.md, stage 3).
+
+    config = load_config(PPOConfig, "recipes/toy.yaml", section="ppo")
+    summary = run_ppo(config)       # <out>/policy_adapter, <out>/value, metrics.jsonl, summary.json
+
+Four roles on two bases, as the paper:
+    policy base (the SFT model):  LoRA "policy" (trains)   + LoRA "reference" (frozen)
+    value base (the RM's base):   LoRA "value" (trains; starts as a copy of the RM's LoRA, with a
+                                  new zero-initialised head)  + LoRA "reward" (the frozen RM)
+Both bases share one FeatureCache: a prompt's video runs through the frozen visual path once, in the
+rollout, and the reference, policy, value and reward passes read the cached features.
+
+Top to bottom:
+1. Policy initialisation (paper default): a fresh LoRA SFT-trained for one epoch on the RL prompts'
+   reference answers (PPO_init.json) through train/loop.py, saved as <out>/policy_init/adapter. The
+   reference is that adapter, frozen; the policy starts as a trainable copy of it.
+2. Every iteration takes `rollout_batch_size` prompts (one shuffled pass over the prompts per epoch),
+   split across `accelerate launch` processes:
+   a. rollouts: one sampled answer per prompt (temperature 1.0, top-p 1.0), cut at the first EOS;
+   b. no-grad passes: policy log-probabilities and entropy, reference log-probabilities, values,
+      reward-model scores (through RewardModel's own input builder);
+   c. rewards (train/ppo_math.py): score, -8 without EOS, -10 * length / max_new_tokens; per-token
+      KL penalty; everything x10; GAE; advantages whitened over all processes' rollouts;
+   d. `ppo_epochs` passes over shuffled minibatches: clipped policy loss + value_loss_coef * clipped
+      value loss; one AdamW over policy LoRA, value LoRA and value head; gradients averaged over
+      processes and clipped;
+   e. the learning rate (warm-up, then cosine) steps once per iteration, as in the paper's code.
+3. Metrics per iteration (metrics.jsonl), a few rollouts per iteration in samples.jsonl, a checkpoint
+   every `save_every` iterations; a re-run on the directory resumes from the newest checkpoint.
+
+Deviations from the paper's code (fixes): the sequence reward goes on each response's last real token
+(the code adds it at the last padded column); padding never enters the KL, whitening or losses; the
+first warm-up iteration has a non-zero learning rate (the code's first iteration has lr 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.data.jsonio import JsonlWriter
+from vlm_rlaif.data.paths import resolve_video_source
+from vlm_rlaif.errors import ConfigError, RecordError, UserError
+from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.feature_cache import FeatureCache
+from vlm_rlaif.models.heads import ScalarHead, ScalarModel
+from vlm_rlaif.models.lora import LoraSettings
+from vlm_rlaif.rollout.engine import EngineKind, RolloutEngine, make_engine
+from vlm_rlaif.rundir import RunDir, read_metrics
+from vlm_rlaif.train import ppo_math
+from vlm_rlaif.train.data import SourcedRecord, read_instruction_file
+from vlm_rlaif.train.loop import TrainSettings
+
+log = logging.getLogger(__name__)
+
+STAGE = "ppo"
+POLICY, REFERENCE, VALUE = "policy", "reference", "value"
+CHECKPOINT_PREFIX = "iter_"
+PARTIAL_SUFFIX = ".partial"
+
+# Answers to the RL prompts' questions given to the reward model: (prompts, answer texts) -> scores (B,).
+RewardFn = Callable[[Sequence[VideoExample], Sequence[str]], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass
+class PolicySettings:
+    """model: the SFT model directory, base of the policy and the reference. finetune "lora" (the
+    paper: r=64, alpha=16 on attention and MLP projections) or "full" (reference = a frozen copy)."""
+
+    model: str = ""
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=16))
+
+
+@dataclass
+class InitSettings:
+    """Policy initialisation: SFT on data.init_data (one epoch in the paper: lr 1e-4 cosine, batch 128).
+    adapter: start from an already initialised policy LoRA instead (e.g. the paper's released one)."""
+
+    enabled: bool = True
+    adapter: str | None = None
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(batch_size=8, lr=1e-4, schedule="cosine", warmup_ratio=0.03, save_every=50)
+    )
+
+
+@dataclass
+class RewardSettings:
+    """model: a reward model saved by `vlm-rlaif rm` (its directory or run directory); its base becomes
+    the value base. value_init "reward_model": the value LoRA starts as a copy of the RM's (the paper);
+    "fresh": a new LoRA (value_lora)."""
+
+    model: str | None = None
+    value_init: Literal["reward_model", "fresh"] = "reward_model"
+    value_lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=16))
+
+
+@dataclass
+class DataSettings:
+    """Files are relative to root, and so are the records' videos (unless video_root is set).
+    prompts: RL prompts (instruction records; the first human turn is the question).
+    init_data: the same prompts with reference answers, for the policy initialisation.
+    num_frames: frames per video (0: the policy model's own setting). Questions longer than
+    max_question_tokens are dropped (with their videos; the paper: 128-token queries)."""
+
+    root: str = "."
+    prompts: str = "rl/prompts.json"
+    init_data: str = "rl/PPO_init.json"
+    video_root: str | None = None
+    num_frames: int = 0
+    max_question_tokens: int = 128
+    frame_cache_videos: int = 1024
+
+
+@dataclass
+class PPOSettings:
+    """The paper's values are the defaults. Batch sizes count rollouts over all processes, except
+    micro_batch_size and forward_batch_size (per process, per forward)."""
+
+    rollout_batch_size: int = 256
+    minibatch_size: int = 128
+    micro_batch_size: int = 8
+    forward_batch_size: int = 16
+    generation_batch_size: int = 16
+    ppo_epochs: int = 2
+    epochs: int = 1  # passes over the RL prompts
+    max_iterations: int = 0  # > 0: stop after this many iterations
+    max_new_tokens: int = 896
+    temperature: float = 1.0
+    top_p: float = 1.0
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    value_loss_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl_coef: float = 0.1
+    kl_estimator: Literal["clamped", "k1", "k3"] = "clamped"
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    reward_scale: float = 10.0
+    no_eos_penalty: float = -8.0
+    length_penalty: float = -10.0
+    whiten_advantages: bool = True
+    lr: float = 3e-5
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_iterations: int = 5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    log_samples: int = 4
+
+    def __post_init__(self):
+        positive = ("rollout_batch_size", "minibatch_size", "micro_batch_size", "forward_batch_size",
+                    "generation_batch_size", "ppo_epochs", "epochs", "max_new_tokens", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ConfigError(f"ppo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of ppo.minibatch_size ({self.minibatch_size})")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("ppo.temperature must be > 0 (PPO samples) and ppo.top_p in (0, 1]")
+        if min(self.max_iterations, self.warmup_iterations, self.save_every, self.log_samples, self.kl_coef,
+               self.max_grad_norm, self.weight_decay, self.clip_range, self.value_clip_range) < 0:
+            raise ConfigError("ppo: iteration counts, kl_coef, max_grad_norm, weight_decay and clip ranges must be >= 0")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1) or self.lr <= 0:
+            raise ConfigError("ppo.gamma and ppo.lam must be in [0, 1], ppo.lr > 0")
+
+
+@dataclass
+class RuntimeSettings:
+    """dtype: e.g. bfloat16 (default: as saved). quantization "4bit": QLoRA bases (CUDA + bitsandbytes).
+    mixed_precision "bf16" runs every forward under autocast. feature_cache_mb 0 turns the shared
+    visual-feature cache off (every pass re-encodes its videos: only for measuring)."""
+
+    dtype: str | None = None
+    quantization: str | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16"] = "no"
+    cpu: bool = False
+    engine: EngineKind = "hf"
+    vllm_gpu_memory_utilization: float = 0.3
+    feature_cache_mb: int = 2048
+
+
+@dataclass
+class PPOConfig:
+    out: str = "runs/ppo"
+    seed: int = 0
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    init: InitSettings = field(default_factory=InitSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+
+    def __post_init__(self):
+        if not self.policy.model:
+            raise ConfigError("policy.model (the SFT model directory) is required")
+        lora = self.policy.lora
+        if lora.train_projector or lora.train_vision_tower:
+            raise ConfigError("the visual path stays frozen in PPO: policy.lora.train_projector/train_vision_tower must be false")
+        if self.init.adapter and self.policy.finetune == "full":
+            raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
+
+
+# ---------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Prompt:
+    """One RL prompt: the question about a record's video."""
+
+    id: str
+    question: str
+    sourced: SourcedRecord
+
+
+def read_prompts(path: Path, video_root: Path, tokenizer, max_question_tokens: int) -> tuple[list[Prompt], int]:
+    """The prompts of an instruction file (first human turn) whose video exists, and how many were
+    dropped for a question over max_question_tokens tokens."""
+    prompts, dropped = [], 0
+    for sourced in read_instruction_file(path):
+        resolved = resolve_video_source(video_root, sourced.record.video_source, where=sourced.where)
+        missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
+        if missing:
+            raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
+        question = sourced.record.question
+        if not question:
+            raise RecordError(f"{sourced.where}: the first human turn holds no question")
+        if len(tokenizer(question, add_special_tokens=False)["input_ids"]) > max_question_tokens:
+            dropped += 1  # the prompt and its video go together: nothing can misalign
+            continue
+        prompts.append(Prompt(sourced.record.id, question, sourced))
+    return prompts, dropped
+
+
+def prompt_examples(prompts: Sequence[Prompt], store: FrameStore) -> list[VideoExample]:
+    """One question-about-a-video example per prompt, built as the reward model builds its prompts."""
+    from vlm_rlaif.reward import prompt_example
+
+    examples = []
+    for prompt in prompts:
+        try:
+            frames, key = store.for_record(prompt.sourced.record, where=prompt.sourced.where)
+        except UserError as err:
+            if isinstance(err, RecordError):
+                raise
+            raise RecordError(f"{prompt.sourced.where}: {err}") from err
+        examples.append(prompt_example(prompt.question, frames, key))
+    return examples
+
+
+def prompt_plan(num_prompts: int, settings: PPOSettings, seed: int) -> list[list[int]]:
+    """Prompt indices per iteration: each epoch a fresh shuffle cut into rollout batches (the last
+    incomplete batch of an epoch is dropped, as the paper's loader does)."""
+    batch = settings.rollout_batch_size
+    if num_prompts < batch:
+        raise ConfigError(f"{num_prompts} RL prompts, fewer than ppo.rollout_batch_size ({batch})")
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(settings.epochs):
+        order = list(range(num_prompts))
+        rng.shuffle(order)
+        plan.extend(order[i : i + batch] for i in range(0, num_prompts - batch + 1, batch))
+    return plan[: settings.max_iterations] if settings.max_iterations else plan
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class Rollouts:
+    """One iteration's rollouts on this process. Tensors are (B, R) on the CPU unless noted; R is the
+    longest response; `mask` marks real response tokens."""
+
+    examples: list[VideoExample]
+    generations: list[Generation]
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # (B,) the reward model's
+    seq_rewards: torch.Tensor | None = None  # (B,) score plus the EOS and length terms
+    kl: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None  # per token, scaled
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [g.token_ids for g in self.generations]
+
+    def __len__(self) -> int:
+        return len(self.generations)
+
+
+class PPOTrainer:
+    """The PPO loop over already built models (see the module docstring for the roles).
+
+    policy: the policy base; with finetune "lora" its adapter POLICY trains and `reference` is None:
+        the reference is its REFERENCE adapter if attached, else the bare base. With full fine-tuning
+        `reference` is a frozen copy.
+    value: ScalarModel on the value base, LoRA VALUE, zero-initialised head.
+    reward_fn: scores (prompt examples, answer texts) -> (B,) tensor.
+    """
+
+    def __init__(
+        self,
+        policy: VideoLM,
+        value: ScalarModel,
+        reward_fn: RewardFn,
+        settings: PPOSettings,
+        *,
+        reference: VideoLM | None = None,
+        engine: RolloutEngine | None = None,
+        accelerator=None,
+        seed: int = 0,
+        total_iterations: int = 1,
+    ):
+        from accelerate import Accelerator
+
+        self.policy = policy
+        self.reference = reference
+        self.value = value
+        self.reward_fn = reward_fn
+        self.settings = settings
+        self.accelerator = accelerator or Accelerator(cpu=policy.device.type == "cpu")
+        self.engine = engine or make_engine("hf", policy, adapter=POLICY if policy.adapter_names else None)
+        self.seed = seed
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        if settings.rollout_batch_size % self.world or settings.minibatch_size % self.world:
+            raise ConfigError(
+                f"ppo.rollout_batch_size and ppo.minibatch_size must be multiples of the {self.world} processes"
+            )
+        self.named_parameters = self._trainable_parameters()
+        self.parameters = list(self.named_parameters.values())
+        if self.world > 1:
+            with torch.no_grad():  # every process starts from the main process's weights
+                for p in self.parameters:
+                    torch.distributed.broadcast(p.data, src=0)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(settings, total_iterations))
+        if settings.adaptive_kl:
+            self.kl_controller = ppo_math.AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+        else:
+            self.kl_controller = ppo_math.FixedKLController(settings.kl_coef)
+
+    # ------------------------------------------------------------------------ models
+
+    @property
+    def policy_uses_lora(self) -> bool:
+        return bool(self.policy.adapter_names)
+
+    def _activate_policy(self) -> None:
+        if self.policy_uses_lora:
+            self.policy.set_adapter(POLICY)
+
+    def _trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """What trains, by a stable name (checkpoints): the policy's, the value LoRA's and the head's."""
+        self._activate_policy()
+        named = {f"policy.{n}": p for n, p in self.policy.model.named_parameters() if p.requires_grad}
+        self.value.lm.set_adapter(VALUE)
+        named.update({f"value.{n}": p for n, p in self.value.lm.model.named_parameters() if p.requires_grad})
+        named.update({f"value_head.{n}": p for n, p in self.value.head.named_parameters()})
+        if not any(name.startswith("policy.") for name in named):
+            raise UserError("the policy has no trainable parameters")
+        return named
+
+    @contextmanager
+    def _reference_model(self) -> Iterator[VideoLM]:
+        """The reference policy's model inside the block (an adapter switch, the bare base, or a copy)."""
+        if self.reference is not None:
+            yield self.reference
+        elif REFERENCE in self.policy.adapter_names:
+            self.policy.set_adapter(REFERENCE)
+            try:
+                yield self.policy
+            finally:
+                self.policy.set_adapter(POLICY)
+        else:
+            with self.policy.adapter_disabled():
+                yield self.policy
+
+    @contextmanager
+    def _mode(self, training: bool) -> Iterator[None]:
+        """Train mode (gradient checkpointing needs it; dropout is 0 in LoRA) or eval mode for both bases."""
+        models = [self.policy.model, self.value.lm.model]
+        previous = [m.training for m in models]
+        for m in models:
+            m.train(training)
+        try:
+            yield
+        finally:
+            for m, was in zip(models, previous):
+                m.train(was)
+
+    # ------------------------------------------------------------------------ the passes
+
+    def generate(self, examples: Sequence[VideoExample], iteration: int) -> list[Generation]:
+        """Sample one answer per prompt from the current policy (seeded by seed, iteration, process)."""
+        s = self.settings
+        generation = GenerationSettings(
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            batch_size=s.generation_batch_size,
+            seed=_derived_seed(self.seed, iteration, self.rank),
+        )
+        self._activate_policy()
+        return self.engine.generate(examples, generation)
+
+    def policy_logprobs(self, lm: VideoLM, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities and entropies (B, R) of a collate_with_responses batch under `lm` (grad
+        follows the caller)."""
+        mask = batch["response_mask"]
+        width = mask.shape[1]
+        with self.accelerator.autocast():
+            logits = lm.forward(batch, logits_to_keep=width + 1).logits[:, :-1]
+        targets = batch["input_ids"][:, -width:].to(logits.device)
+        return ppo_math.logprobs_and_entropy(logits, targets, mask.to(logits.device), temperature=self.settings.temperature)
+
+    def reference_logprobs(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad(), self._reference_model() as reference:
+            return self.policy_logprobs(reference, batch)[0]
+
+    def values(self, examples: Sequence[VideoExample], responses: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Value estimates (B, R) of the states before each response token (grad follows the caller)."""
+        batch = self.value.lm.collate_with_responses(examples, responses)
+        width = batch["response_mask"].shape[1]
+        with self.accelerator.autocast():
+            per_position = self.value.values(batch)
+        # Column P - 1 + t holds the state before response token t (P = prompt width).
+        values = per_position[:, -(width + 1) : -1].float()
+        return values * batch["response_mask"].to(values.device)
+
+    def scores(self, examples: Sequence[VideoExample], texts: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad(), self.accelerator.autocast():
+            scores = self.reward_fn(examples, texts)
+        return torch.as_tensor(scores, dtype=torch.float32).cpu().reshape(len(texts))
+
+    @torch.no_grad()
+    def score_rollouts(self, examples: Sequence[VideoExample], generations: Sequence[Generation]) -> Rollouts:
+        """The no-grad passes over sampled answers, `forward_batch_size` rollouts at a time."""
+        responses = [g.token_ids for g in generations]
+        width = max(len(r) for r in responses)
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("mask", "logprobs", "ref", "entropy", "values", "scores")}
+        step = self.settings.forward_batch_size
+        with self._mode(training=False):
+            for start in range(0, len(responses), step):
+                chunk_examples = examples[start : start + step]
+                chunk_responses = responses[start : start + step]
+                batch = self.policy.collate_with_responses(chunk_examples, chunk_responses)
+                self._activate_policy()
+                logprobs, entropy = self.policy_logprobs(self.policy, batch)
+                parts["mask"].append(_pad_columns(batch["response_mask"], width))
+                parts["logprobs"].append(_pad_columns(logprobs, width))
+                parts["entropy"].append(_pad_columns(entropy, width))
+                parts["ref"].append(_pad_columns(self.reference_logprobs(batch), width))
+                parts["values"].append(_pad_columns(self.values(chunk_examples, chunk_responses), width))
+                parts["scores"].append(self.scores(chunk_examples, [g.text for g in generations[start : start + step]]))
+        return Rollouts(
+            examples=list(examples),
+            generations=list(generations),
+            mask=torch.cat(parts["mask"]).bool(),
+            logprobs=torch.cat(parts["logprobs"]),
+            ref_logprobs=torch.cat(parts["ref"]),
+            entropy=torch.cat(parts["entropy"]),
+            values=torch.cat(parts["values"]),
+            scores=torch.cat(parts["scores"]),
+        )
+
+    def compute_advantages(self, rollouts: Rollouts) -> None:
+        """Shaped rewards, KL, GAE and (whitened) advantages, filled into `rollouts`."""
+        s = self.settings
+        mask = rollouts.mask
+        ended = torch.tensor([g.ended_with_eos for g in rollouts.generations])
+        rollouts.seq_rewards = ppo_math.sequence_rewards(
+            rollouts.scores, ended, mask.sum(dim=1), max_new_tokens=s.max_new_tokens,
+            no_eos_penalty=s.no_eos_penalty, length_penalty=s.length_penalty,
+        )
+        rollouts.kl = ppo_math.kl_penalty(rollouts.logprobs, rollouts.ref_logprobs, s.kl_estimator) * mask
+        rewards = ppo_math.token_rewards(rollouts.seq_rewards, rollouts.kl, mask, kl_coef=self.kl_controller.value)
+        rollouts.rewards = rewards * s.reward_scale
+        advantages, rollouts.returns = ppo_math.gae(rollouts.rewards, rollouts.values, mask, gamma=s.gamma, lam=s.lam)
+        if s.whiten_advantages:
+            advantages = ppo_math.whiten(advantages, mask, across_processes=True)
+        rollouts.advantages = advantages
+
+    # ------------------------------------------------------------------------ the update
+
+    def loss(self, rollouts: Rollouts, members: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO loss of some rollouts: clipped policy loss + value_loss_coef * clipped value loss."""
+        s = self.settings
+        examples = [rollouts.examples[i] for i in members]
+        responses = [rollouts.responses[i] for i in members]
+        batch = self.policy.collate_with_responses(examples, responses)
+        width = batch["response_mask"].shape[1]
+        rows = torch.as_tensor(list(members))
+        self._activate_policy()
+        logprobs, _ = self.policy_logprobs(self.policy, batch)
+        device = logprobs.device
+        mask = batch["response_mask"].to(device)
+        pg_loss, pg_stats = ppo_math.policy_loss(
+            logprobs, rollouts.logprobs[rows, :width].to(device), rollouts.advantages[rows, :width].to(device),
+            mask, clip_range=s.clip_range,
+        )
+        values = self.values(examples, responses)
+        v_loss, v_stats = ppo_math.value_loss(
+            values, rollouts.values[rows, :width].to(values.device), rollouts.returns[rows, :width].to(values.device),
+            mask.to(values.device), clip_range=s.value_clip_range,
+        )
+        loss = pg_loss + s.value_loss_coef * v_loss.to(device)
+        stats = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), **pg_stats, **v_stats}
+        return loss, {k: float(v) for k, v in stats.items()}
+
+    def update(self, rollouts: Rollouts, iteration: int) -> dict[str, float]:
+        """`ppo_epochs` passes over shuffled minibatches of this process's rollouts; returns mean stats."""
+        s = self.settings
+        local_minibatch = s.minibatch_size // self.world
+        rng = np.random.default_rng([self.seed, iteration, self.rank, 1])
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def add(key: str, value: float) -> None:
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+
+        with self._mode(training=True):
+            for _ in range(s.ppo_epochs):
+                order = rng.permutation(len(rollouts)).tolist()
+                for start in range(0, len(order), local_minibatch):
+                    members = order[start : start + local_minibatch]
+                    for micro in range(0, len(members), s.micro_batch_size):
+                        micro_members = members[micro : micro + s.micro_batch_size]
+                        loss, stats = self.loss(rollouts, micro_members)
+                        # The minibatch's gradient: micro-batches weighted by their share of its rollouts.
+                        (loss * len(micro_members) / len(members)).backward()
+                        for key, value in stats.items():
+                            add(key, value)
+                    self._average_gradients()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, s.max_grad_norm or float("inf"))
+                    add("grad_norm", float(grad_norm))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        return {key: sums[key] / counts[key] for key in sums}
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        for p in self.parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(self.world)
+
+    # ------------------------------------------------------------------------ one iteration
+
+    def iteration(self, examples: Sequence[VideoExample], iteration: int) -> tuple[Rollouts, dict[str, float]]:
+        """Rollouts, scoring, advantages and the update for this process's prompts; returns the
+        rollouts and the iteration's metrics (reduced over processes)."""
+        started = time.time()
+        generations = self.generate(examples, iteration)
+        generated = time.time()
+        rollouts = self.score_rollouts(examples, generations)
+        self.compute_advantages(rollouts)
+        scored = time.time()
+        lr = self.scheduler.get_last_lr()[0]
+        update_stats = self.update(rollouts, iteration)
+        self.scheduler.step()
+        self.engine.update_policy()
+        finished = time.time()
+
+        metrics = self._rollout_metrics(rollouts)
+        metrics.update(self._mean_over_processes(update_stats))
+        self.kl_controller.update(metrics["kl"], self.settings.rollout_batch_size)
+        generated_tokens = self._sum_over_processes(float(rollouts.mask.sum()))
+        metrics.update(
+            lr=lr,
+            kl_coef_next=self.kl_controller.value,
+            tokens_per_s=generated_tokens / max(generated - started, 1e-9),
+            generation_s=generated - started,
+            scoring_s=scored - generated,
+            update_s=finished - scored,
+            iteration_s=finished - started,
+        )
+        return rollouts, metrics
+
+    def _rollout_metrics(self, r: Rollouts) -> dict[str, float]:
+        mask = r.mask.float()
+        lengths = mask.sum(dim=1)
+        ended = torch.tensor([float(g.ended_with_eos) for g in r.generations])
+        kl_sums = r.kl.sum(dim=1)
+        unscaled_total = r.seq_rewards - self.kl_controller.value * kl_sums
+        sums = {
+            "reward_score": (r.scores.sum().item(), len(r)),
+            "reward_shaped": (r.seq_rewards.sum().item(), len(r)),
+            "reward_total": (unscaled_total.sum().item(), len(r)),
+            "kl": (kl_sums.sum().item(), len(r)),
+            "kl_per_token": (r.kl.sum().item(), mask.sum().item()),
+            "entropy": ((r.entropy * mask).sum().item(), mask.sum().item()),
+            "response_length": (lengths.sum().item(), len(r)),
+            "eos_fraction": (ended.sum().item(), len(r)),
+            "value_mean": ((r.values * mask).sum().item(), mask.sum().item()),
+            "return_mean": ((r.returns * mask).sum().item(), mask.sum().item()),
+        }
+        metrics = self._reduce_ratios(sums)
+        metrics["kl_coef"] = self.kl_controller.value
+        metrics["explained_variance"] = ppo_math.explained_variance(r.values, r.returns, r.mask, across_processes=True).item()
+        return metrics
+
+    def _reduce_ratios(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+        keys = sorted(sums)
+        totals = torch.tensor([[sums[k][0], sums[k][1]] for k in keys], dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(totals)
+        return {k: (t[0] / max(t[1], 1e-12)).item() for k, t in zip(keys, totals)}
+
+    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        return self._reduce_ratios({k: (v, 1.0) for k, v in stats.items()})
+
+    def _sum_over_processes(self, value: float) -> float:
+        total = torch.tensor(value, dtype=torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(total)
+        return total.item()
+
+    # ------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: Path, iteration: int, keep: int, extra: dict) -> Path:
+        """<directory>/iter_<N>/: trainable.safetensors (policy LoRA, value LoRA, value head by name),
+        optimizer.pt, scheduler.pt, rng_<rank>.pt, state.json; written under a temporary name."""
+        final = directory / f"{CHECKPOINT_PREFIX}{iteration:08d}"
+        partial = directory / (final.name + PARTIAL_SUFFIX)
+        main = self.accelerator.is_main_process
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        torch.save(_rng_state(), partial / f"rng_{self.rank}.pt")
+        self.accelerator.wait_for_everyone()
+        if main:
+            save_file({k: p.detach().cpu().contiguous() for k, p in self.named_parameters.items()}, partial / "trainable.safetensors")
+            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
+            state = {"iteration": iteration, "kl_coef": self.kl_controller.value, "num_processes": self.world, **extra}
+            (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            older = sorted(_complete_checkpoints(directory), key=_checkpoint_iteration)[:-1]
+            for old in older[: max(0, len(older) - (keep - 1))]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path, extra: dict) -> int:
+        """Restore a checkpoint written by save_checkpoint; returns the iterations it had completed."""
+        state = json.loads((path / "state.json").read_text())
+        expected = {"num_processes": self.world, **extra}
+        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: checkpoint {old}, now {new}" for k, (old, new) in changed.items())
+            raise UserError(f"{path}: cannot resume, the prompts or process layout changed ({details})")
+        weights = load_file(path / "trainable.safetensors")
+        missing = sorted(set(self.named_parameters) - set(weights))
+        if missing:
+            raise UserError(f"{path}: the checkpoint lacks trainable parameters, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for name, p in self.named_parameters.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        self.kl_controller.value = float(state["kl_coef"])
+        rng_file = path / f"rng_{self.rank}.pt"
+        if rng_file.is_file():
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        self.engine.update_policy()
+        return int(state["iteration"])
+
+
+def lr_multiplier(settings: PPOSettings, total_iterations: int) -> Callable[[int], float]:
+    """Learning-rate multiplier of an iteration: linear warm-up (the first iteration already at
+    1/warmup_iterations), then the schedule over the remaining iterations."""
+    warmup = settings.warmup_iterations
+
+    def multiplier(iteration: int) -> float:
+        if iteration < warmup:
+            return (iteration + 1) / warmup
+        if settings.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (iteration - warmup) / max(1, total_iterations - warmup))
+        if settings.schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+# ---------------------------------------------------------------------------- building the models
+
+
+def load_policy(config: PPOConfig, out: Path, accelerator, cache) -> tuple[VideoLM, VideoLM | None, dict]:
+    """The policy base with its trainable policy and frozen reference (initialising the policy first
+    when asked); returns (policy, reference copy for full fine-tuning or None, init summary)."""
+    from vlm_rlaif.models.registry import load_adapter_model
+
+    runtime = config.runtime
+    init_dir = out / "policy_init"
+    full = config.policy.finetune == "full"
+    init_done = (init_dir / "summary.json").is_file()
+    base_dir = init_dir / "model" if full and init_done else Path(config.policy.model)
+    policy = load_adapter_model(base_dir, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+    share_feature_cache(policy, cache)
+    if config.init.adapter:
+        init_summary: dict = {"adapter": config.init.adapter, "trained": False}
+        policy.load_lora(config.init.adapter, POLICY, trainable=True)
+        policy.load_lora(config.init.adapter, REFERENCE, trainable=False)
+    elif config.init.enabled and not init_done:
+        init_summary = initialise_policy(config, policy, init_dir, accelerator)
+        if not full:
+            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
+    elif config.init.enabled:
+        init_summary = json.loads((init_dir / "summary.json").read_text())
+        if not full:
+            policy.load_lora(init_dir / "adapter", POLICY, trainable=True)
+            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
+    else:
+        init_summary = {"enabled": False}
+        if not full:
+            torch.manual_seed(config.seed)  # the fresh adapter's initialisation
+            policy.add_lora(POLICY, config.policy.lora)
+    reference = None
+    if full:
+        policy.set_trainable(language_model=True)
+        reference = policy.frozen_copy()
+    else:
+        policy.set_adapter(POLICY)
+    return policy, reference, init_summary
+
+
+def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accelerator) -> dict:
+    """SFT the policy on the RL prompts' reference answers (train/loop.py); saves init_dir/adapter
+    (LoRA: the adapter POLICY is added and trained) or init_dir/model (full fine-tuning)."""
+    from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan
+    from vlm_rlaif.train.loop import train
+    from vlm_rlaif.train.sft import make_sft_loss
+
+    settings = config.init.train
+    root = Path(config.data.root)
+    records = read_instruction_file(root / config.data.init_data)
+    dataset = InstructionDataset(records, _frame_store(config, policy))
+    if config.policy.finetune == "lora":
+        torch.manual_seed(config.seed)
+        policy.add_lora(POLICY, config.policy.lora)
+    else:
+        policy.set_trainable(language_model=True)
+    if config.runtime.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    init_config = {"policy": config.policy, "data": config.data.init_data, "train": settings}
+    if accelerator.is_main_process:
+        run = RunDir.open(init_dir, "ppo_init", init_config, settings.seed)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        run = RunDir(init_dir, "ppo_init", resumed=True)
+    plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=dataset.lengths(policy.tokenizer))
+    result = train(
+        policy.model, make_sft_loss(policy), PlannedBatches(plan, dataset, policy.collate), settings,
+        run=run, accelerator=accelerator, desc="policy init",
+    )
+    summary = {
+        "examples": len(dataset),
+        "steps": result.steps,
+        "train_loss": result.train_metrics.get("loss"),
+        "seconds": round(result.seconds, 1),
+        "trained": True,
+    }
+    if accelerator.is_main_process:
+        if config.policy.finetune == "lora":
+            policy.save_lora(init_dir / "adapter", POLICY)
+        else:
+            policy.save(init_dir / "model")
+        summary = run.finish(summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def load_value_and_reward(
+    config: PPOConfig, policy: VideoLM, accelerator, cache, reward_fn: RewardFn | None
+) -> tuple[ScalarModel, RewardFn, dict]:
+    """The value model (LoRA VALUE + zero head) on the reward model's base, and the reward function
+    (the reward model scoring through its own input builder, unless `reward_fn` is given)."""
+    from vlm_rlaif.models.registry import load_adapter_model
+
+    runtime = config.runtime
+    settings = config.reward
+    info: dict = {"value_init": settings.value_init}
+    if settings.model:
+        from vlm_rlaif.reward import RewardModel, reward_model_directory
+
+        rm = RewardModel.load(settings.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+        value_lm = rm.lm
+        if settings.value_init == "reward_model":
+            value_lm.load_lora(reward_model_directory(settings.model) / "lora", VALUE, trainable=True)
+        else:
+            torch.manual_seed(config.seed + 1)
+            value_lm.add_lora(VALUE, settings.value_lora)
+        if rm.frames is not None and rm.frames.num_frames != num_frames_of(config, policy):
+            log.warning("the reward model was trained on %d frames per video, PPO samples %d", rm.frames.num_frames, num_frames_of(config, policy))
+        if reward_fn is None:
+            batch_size = config.ppo.forward_batch_size
+
+            def reward_fn(examples, texts):
+                return rm.score(examples, texts, batch_size=batch_size)
+
+            info["reward"] = str(settings.model)
+    else:
+        if reward_fn is None:
+            raise ConfigError("reward.model (a reward model directory) is required")
+        if settings.value_init == "reward_model":
+            raise ConfigError("reward.value_init 'reward_model' needs reward.model; use 'fresh' with a reward function")
+        value_lm = load_adapter_model(config.policy.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+        torch.manual_seed(config.seed + 1)
+        value_lm.add_lora(VALUE, settings.value_lora)
+    info.setdefault("reward", "function")
+    share_feature_cache(value_lm, cache)
+    if value_lm.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
+        raise UserError("the value/reward base and the policy use different tokenizers; the value model must read the policy's tokens")
+    if not (value_lm.visual_path_frozen and policy.visual_path_frozen):
+        raise UserError("the vision tower and projector must stay frozen in PPO")
+    if runtime.gradient_checkpointing:
+        value_lm.enable_gradient_checkpointing()
+    value = ScalarModel(value_lm, ScalarHead(value_lm.hidden_size, zero_init=True), lora_name=VALUE)
+    return value, reward_fn, info
+
+
+def share_feature_cache(lm: VideoLM, cache: FeatureCache | None) -> None:
+    """Give `lm` the run's one feature cache (None: no caching). Assigned after loading, because
+    VideoLM's constructor treats an empty cache as false and would make its own."""
+    lm.feature_cache = cache
+
+
+def num_frames_of(config: PPOConfig, lm: VideoLM) -> int:
+    frames = config.data.num_frames or getattr(lm.processor, "num_frames", 0)
+    if not frames:
+        raise ConfigError("data.num_frames is 0 and the policy's processor names no frame count; set data.num_frames")
+    return frames
+
+
+def _frame_store(config: PPOConfig, lm: VideoLM) -> FrameStore:
+    root = Path(config.data.video_root or config.data.root)
+    return FrameStore(root, FrameSampling(num_frames=num_frames_of(config, lm)), max_videos=config.data.frame_cache_videos)
+
+
+# ---------------------------------------------------------------------------- run_ppo
+
+
+def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: bool = False) -> dict:
+    """Initialise the policy, then run PPO (see the module docstring); returns the summary (also in
+    <out>/summary.json). reward_fn replaces the reward model (tests, custom rewards); a re-run on an
+    unfinished output directory resumes from its newest checkpoint."""
+    from accelerate import Accelerator
+
+    runtime = config.runtime
+    settings = config.ppo
+    accelerator = Accelerator(cpu=runtime.cpu, mixed_precision=runtime.mixed_precision)
+    out = Path(config.out)
+    if accelerator.is_main_process:
+        run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        run = RunDir(out, STAGE, resumed=True)  # the main process owns the directory's files
+
+    cache = FeatureCache(max_bytes=runtime.feature_cache_mb << 20) if runtime.feature_cache_mb > 0 else None
+    policy, reference, init_summary = load_policy(config, out, accelerator, cache)
+    value, reward_fn, reward_info = load_value_and_reward(config, policy, accelerator, cache, reward_fn)
+    if runtime.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+
+    root = Path(config.data.root)
+    store = _frame_store(config, policy)
+    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy.tokenizer, config.data.max_question_tokens)
+    if dropped:
+        log.warning("dropped %d prompts whose question exceeds %d tokens", dropped, config.data.max_question_tokens)
+    plan = prompt_plan(len(prompts), settings, config.seed)
+    engine = make_engine(
+        runtime.engine, policy, adapter=POLICY if policy.adapter_names else None, model_dir=config.policy.model,
+        workdir=out / "vllm_adapter", seed=config.seed, gpu_memory_utilization=runtime.vllm_gpu_memory_utilization,
+    )
+    trainer = PPOTrainer(
+        policy, value, reward_fn, settings, reference=reference, engine=engine, accelerator=accelerator,
+        seed=config.seed, total_iterations=len(plan),
+    )
+
+    checkpoints = out / "checkpoints"
+    layout = {"num_prompts": len(prompts), "rollout_batch_size": settings.rollout_batch_size, "seed": config.seed}
+    start = 0
+    latest = max(_complete_checkpoints(checkpoints), key=_checkpoint_iteration, default=None)
+    if latest is not None:
+        start = trainer.load_checkpoint(latest, layout)
+        if accelerator.is_main_process:
+            _drop_rows_after(out / "metrics.jsonl", "step", start)
+            _drop_rows_after(out / "samples.jsonl", "iteration", start)
+        log.info("resumed PPO after iteration %d from %s", start, latest)
+
+    samples = JsonlWriter(out / "samples.jsonl") if accelerator.is_main_process else None
+    started = time.time()
+    for iteration in range(start, len(plan)):
+        mine = [prompts[i] for i in plan[iteration][accelerator.process_index :: accelerator.num_processes]]
+        rollouts, metrics = trainer.iteration(prompt_examples(mine, store), iteration)
+        done = iteration + 1
+        if accelerator.is_main_process:
+            # JSON has no NaN: an undefined metric (e.g. explained variance of constant returns) is null.
+            run.log_metrics(done, **{k: v if math.isfinite(v) else None for k, v in metrics.items()})
+            for k in range(min(settings.log_samples, len(mine))):
+                samples.write(_sample_row(done, mine[k], rollouts, k))
+            log.info(
+                "iteration %d/%d: reward %.3f, kl %.3f, length %.1f, %.1f s",
+                done, len(plan), metrics["reward_score"], metrics["kl"], metrics["response_length"], metrics["iteration_s"],
+            )
+        if settings.save_every and (done % settings.save_every == 0 or done == len(plan)):
+            trainer.save_checkpoint(checkpoints, done, settings.keep_checkpoints, layout)
+
+    history = read_metrics(out / "metrics.jsonl") if accelerator.is_main_process else []
+    summary = {
+        "iterations": len(plan),
+        "resumed_from_iteration": start or None,
+        "prompts": len(prompts),
+        "prompts_dropped": dropped,
+        "init": init_summary,
+        "reward": reward_info,
+        "policy_adapter": str(out / "policy_adapter") if policy.adapter_names else None,
+        "policy_model": str(out / "policy_model") if not policy.adapter_names else None,
+        "policy_base": config.policy.model,
+        "value": str(out / "value"),
+        "first": _pick(history[0]) if history else None,
+        "last": _pick(history[-1]) if history else None,
+        "seconds": round(time.time() - started, 1),
+    }
+    if accelerator.is_main_process:
+        samples.close()
+        if policy.adapter_names:
+            policy.save_lora(out / "policy_adapter", POLICY)
+        else:
+            policy.save(out / "policy_model")
+        value.save(out / "value")
+        summary = run.finish(summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _pick(row: dict) -> dict:
+    keys = ("step", "reward_score", "reward_shaped", "kl", "response_length", "eos_fraction", "entropy")
+    return {k: row[k] for k in keys if k in row}
+
+
+def _sample_row(iteration: int, prompt: Prompt, rollouts: Rollouts, k: int) -> dict:
+    generation = rollouts.generations[k]
+    return {
+        "iteration": iteration,
+        "id": prompt.id,
+        "question": prompt.question,
+        "response": generation.text,
+        "score": float(rollouts.scores[k]),
+        "reward": float(rollouts.seq_rewards[k]),
+        "ended_with_eos": generation.ended_with_eos,
+        "length": len(generation.token_ids),
+    }
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def _derived_seed(seed: int, iteration: int, rank: int) -> int:
+    """A sampling seed that depends only on (seed, iteration, process), so a resumed run samples
+    exactly what the interrupted one would have."""
+    return int(np.random.SeedSequence([seed, iteration, rank]).generate_state(1)[0])
+
+
+def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    if tensor.shape[1] == width:
+        return tensor
+    pad = torch.zeros((tensor.shape[0], width - tensor.shape[1]), dtype=tensor.dtype)
+    return torch.cat([tensor, pad], dim=1)
+
+
+def _complete_checkpoints(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [
+        p for p in directory.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(PARTIAL_SUFFIX)
+        and (p / "state.json").is_file()
+    ]
+
+
+def _checkpoint_iteration(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def _drop_rows_after(path: Path, key: str, value: int) -> None:
+    """On resume, drop JSONL rows logged after the checkpoint (that work is redone); a torn last line
+    from the kill goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get(key, 0) <= value:
+            kept.append(line)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+__all__ = [
+    "DataSettings",
+    "InitSettings",
+    "PPOConfig",
+    "PPOSettings",
+    "PPOTrainer",
+    "PolicySettings",
+    "Prompt",
+    "RewardFn",
+    "RewardSettings",
+    "Rollouts",
+    "RuntimeSettings",
+    "initialise_policy",
+    "load_policy",
+    "load_value_and_reward",
+    "lr_multiplier",
+    "prompt_examples",
+    "prompt_plan",
+    "read_prompts",
+    "run_ppo",
+]
