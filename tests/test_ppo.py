@@ -353,6 +353,58 @@ def test_resume_after_kill_gives_the_uninterrupted_result(world, tmp_path):
     assert samples == sorted(samples) and samples.count(3) == 4
 
 
+DDP_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from safetensors.torch import save_file
+from vlm_rlaif.config import from_dict
+from vlm_rlaif.train import ppo
+
+config = from_dict(ppo.PPOConfig, json.loads(open(sys.argv[1]).read()))
+seen = {"rollouts": [], "trainer": None}
+iteration = ppo.PPOTrainer.iteration
+
+def recording_iteration(self, examples, number):
+    seen["trainer"] = self
+    seen["rollouts"].append(len(examples))
+    return iteration(self, examples, number)
+
+ppo.PPOTrainer.iteration = recording_iteration
+summary = ppo.run_ppo(config, reward_fn=lambda examples, texts: torch.tensor([float("red" in t) for t in texts]))
+trainer = seen["trainer"]
+out = config.out
+save_file({k: p.detach().contiguous() for k, p in trainer.named_parameters.items()}, f"{out}/rank{trainer.rank}.safetensors")
+info = {"world": trainer.world, "rollouts": seen["rollouts"], "iterations": summary["iterations"]}
+open(f"{out}/rank{trainer.rank}.json", "w").write(json.dumps(info))
+"""
+
+
+def test_two_processes_share_the_rollouts_and_stay_in_sync(world, tmp_path):
+    from vlm_rlaif.config import to_dict
+
+    config = ppo_config(world, tmp_path / "ddp", ppo={"max_iterations": 2})
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(to_dict(config)))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # `--multi_gpu` launches through torchrun; without a GPU the processes run on the CPU with gloo.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    process = subprocess.run([*launch, str(script), str(config_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert [r["rollouts"] for r in ranks] == [[4, 4], [4, 4]]  # 8 prompts per iteration, half each
+    weights = [load_file(tmp_path / "ddp" / f"rank{r}.safetensors") for r in (0, 1)]
+    assert weights[0].keys() == weights[1].keys() and any(k.startswith("value_head.") for k in weights[0])
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), f"ranks disagree on {name}"
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # logged once, by the main process
+
+
 def test_full_fine_tuning_keeps_a_frozen_reference_copy(world, tmp_path):
     config = ppo_config(world, tmp_path / "full", policy={"finetune": "full"}, init={"enabled": False},
                         ppo={"max_iterations": 2, "lr": 1e-3})

@@ -884,7 +884,8 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
 
     runtime = config.runtime
     settings = config.ppo
-    accelerator = Accelerator(cpu=runtime.cpu, mixed_precision=runtime.mixed_precision)
+    # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
+    accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
     out = Path(config.out)
     if accelerator.is_main_process:
         run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite)
