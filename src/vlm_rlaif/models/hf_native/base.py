@@ -1,0 +1,196 @@
+"""What every HF-native family shares: a transformers video model (AutoModelForImageTextToText) and its
+AutoProcessor behind the VideoLM interface.
+
+- Prompts use the checkpoint's own chat template (chat_template.ChatTemplateCodec).
+- Frames go through the stock video processor and the model's own forward (`pixel_values_videos`).
+- Cached pooled features go in through transformers' `mm_encoder_outputs` (precomputed encoder
+  outputs, which forward and generate accept and which generate drops after the prefill), so the
+  frozen visual path runs once per video.
+- A parameterless `VideoEntry` module is called once per forward that carries a video, either way:
+  the "splice" probe of count_visual_calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.models.adapter import VideoLM, resolve_dtype
+from vlm_rlaif.models.feature_cache import FeatureCache
+from vlm_rlaif.models.hf_native.chat_template import ChatTemplateCodec
+from vlm_rlaif.models.lora import quantization_config
+
+# Language-model module names per LoRA preset, under model.language_model.layers.<i> (Llama and
+# Qwen2 decoders name them alike).
+_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class VideoEntry(nn.Module):
+    """Marks the one place a video enters the language model, whether as frames or as cached features.
+
+    transformers splices the video inside its own forward; this module does no work, it is called
+    (by a forward pre-hook on the inner model) once per forward whose inputs carry a video, so probes
+    can hook it like llava-video's splicer. It has no parameters: nothing of it is saved.
+    """
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video
+
+    def on_model_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        video = kwargs.get("pixel_values_videos")
+        if video is None:
+            encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
+            video = encoded.pooler_output if encoded is not None else None
+        if video is not None:
+            self(video)
+
+
+class HFNativeVideoLM(VideoLM):
+    """Base of the HF-native families. A family sets `family`, `model_types`, `model_class` and
+    `unquantized_modules`, and implements the frame/feature hooks of VideoLM."""
+
+    model_class: ClassVar[type]
+    unquantized_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
+
+    def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | bool = True):
+        super().__init__(model, processor, feature_cache)
+        inner = self._inner()
+        # A deep copy (frozen_copy) carries the entry and its hook along: attach only once.
+        if not isinstance(getattr(inner, "video_entry", None), VideoEntry):
+            inner.video_entry = VideoEntry()
+            inner.register_forward_pre_hook(inner.video_entry.on_model_forward, with_kwargs=True)
+        self.codec = ChatTemplateCodec(processor, processor.video_token, self.video_token_id)
+        self._check_parts()
+
+    def _inner(self) -> nn.Module:
+        """The model without its LM head (vision tower, projector, language model)."""
+        return self.base_model.model
+
+    def _check_parts(self) -> None:
+        """Family hook: model and processor must agree on the video token and visual shapes."""
+        config = self.base_model.config
+        problems = []
+        if self.processor.video_token_id != config.video_token_id:
+            problems.append(
+                f"video token id: processor {self.processor.video_token_id}, model {config.video_token_id}"
+            )
+        vocab_size = config.get_text_config().vocab_size
+        if len(self.tokenizer) > vocab_size:
+            problems.append(f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size {vocab_size}")
+        problems += self._shape_mismatches()
+        if problems:
+            raise UserError(f"{self.family}: model and processor disagree: " + "; ".join(problems))
+
+    def _shape_mismatches(self) -> list[str]:
+        """Family hook: visual settings on which model and processor disagree."""
+        return []
+
+    @property
+    def video_token_id(self) -> int:
+        return self.base_model.config.video_token_id
+
+    def visual_probe_modules(self) -> dict[str, nn.Module]:
+        return {**self.visual_modules(), "splice": self._inner().video_entry}
+
+    def lora_targets(self, preset: str) -> str:
+        if preset == "attn":
+            leaves = _ATTENTION
+        elif preset == "attn_mlp":
+            leaves = _ATTENTION + _MLP
+        elif preset == "all-linear":
+            layer = self._inner().language_model.layers[0]
+            leaves = tuple(sorted({name for name, m in layer.named_modules() if isinstance(m, nn.Linear)}))
+        else:
+            raise ConfigError(f"unknown LoRA target preset {preset!r}; known: attn, attn_mlp, all-linear")
+        alternatives = "|".join(re.escape(leaf) for leaf in leaves)
+        # Anchored under the language model: the vision blocks reuse names like q_proj / gate_proj.
+        return rf".*language_model\.layers\.\d+\.(?:{alternatives})"
+
+    def _encode_conversation(
+        self, conversation, *, num_video_tokens, add_generation_prompt, assistant_prefix, where
+    ) -> tuple[list[int], list[int]]:
+        return self.codec.encode(
+            conversation,
+            num_video_tokens=num_video_tokens,
+            add_generation_prompt=add_generation_prompt,
+            assistant_prefix=assistant_prefix,
+            where=where,
+        )
+
+    def _prompt_tail(self, assistant_prefix: str | None) -> str:
+        return self.codec.prompt_tail(assistant_prefix)
+
+    def _features_inputs(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Kept as plain tensors in the batch; model_inputs turns them into mm_encoder_outputs.
+        return {
+            "video_features": torch.cat(features),
+            "video_token_counts": torch.tensor([f.shape[0] for f in features], dtype=torch.long),
+        }
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict:
+        inputs = super().model_inputs(batch)
+        features = inputs.pop("video_features", None)
+        counts = inputs.pop("video_token_counts", None)
+        if features is not None:
+            per_video = torch.split(features, counts.tolist())
+            inputs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(pooler_output=per_video)}
+        return inputs
+
+    def _fingerprint_extra(self) -> str:
+        # The video processor's settings (size, crop, normalisation) change the features too.
+        settings = self.processor.video_processor.to_json_string()
+        return f"{self.family};{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        quantization: str | None = None,
+        feature_cache: FeatureCache | bool = True,
+    ) -> HFNativeVideoLM:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs = {}
+        if dtype is not None:
+            kwargs["dtype"] = resolve_dtype(dtype)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization_config(quantization, skip_modules=list(cls.unquantized_modules))
+            kwargs["device_map"] = {"": torch.device(device)}
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(directory, **kwargs)
+            processor = AutoProcessor.from_pretrained(directory)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{directory}: cannot load a {cls.family} model: {err}") from err
+        if not isinstance(model, cls.model_class):
+            raise UserError(f"{directory}: expected a {cls.model_class.__name__}, found {type(model).__name__}")
+        if quantization is None:
+            model = model.to(device)
+        return cls(model.eval(), processor, feature_cache=feature_cache)
+
+
+def frames_as_numpy(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames as a numpy array; a ValueError (-> ModelInputError) otherwise."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.cpu().numpy()
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array or torch tensor, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(f"frames must be a non-empty (T, H, W, 3) array, got shape {frames.shape}")
+    return frames
+
+
+__all__ = ["HFNativeVideoLM", "VideoEntry", "frames_as_numpy"]
