@@ -1,7 +1,7 @@
 """`vlm-rlaif model ACTION`: create model directories.
 
   model init     build a tiny/small llava-video model with a tokenizer trained on local texts
-  (model convert, from the original LLaVA layout, is added by models/convert.py)
+  model convert  an original LLaVA checkpoint (or a LoRA adapter trained on one) -> our llava-video format
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "model"
-HELP = "create model directories (init: a tiny or small llava-video model from scratch)"
+HELP = "create model directories (init: a tiny or small model from scratch; convert: from the original LLaVA layout)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--pooling", choices=["spatiotemporal", "none"], default="spatiotemporal", help="video pooling")
     init.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     init.set_defaults(_model_action=run_init)
+
+    convert = actions.add_parser(
+        "convert",
+        help="convert an original LLaVA checkpoint or a LoRA adapter trained on one (see models/convert.py)",
+        description=(
+            "Convert an original LLaVA checkpoint (config.json with mm_* keys, LLaMA + mm_projector weights, "
+            "tokenizer) into a llava-video model directory, or a peft LoRA adapter trained on that layout into "
+            "one that loads onto the converted model (--src holding adapter_config.json)."
+        ),
+    )
+    convert.add_argument("--src", required=True, help="original checkpoint directory, or a LoRA adapter directory")
+    convert.add_argument(
+        "--vision-tower", help="local CLIP vision tower directory (e.g. clip-vit-large-patch14-336); not for adapters"
+    )
+    convert.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
+    convert.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], help="weight dtype (default: as the checkpoint stores it)"
+    )
+    convert.add_argument("--frames", type=int, default=50, help="frames per video the model expects (the paper's 50)")
+    convert.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    convert.set_defaults(_model_action=run_convert)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,4 +103,22 @@ def run_init(args: argparse.Namespace) -> int:
         args.frames,
         tokens_per_video,
     )
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlm_rlaif.errors import ConfigError, UserError
+    from vlm_rlaif.models.convert import convert_llava_checkpoint, convert_llava_lora, is_lora_adapter
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    if is_lora_adapter(args.src):
+        if args.vision_tower or args.dtype:
+            raise ConfigError("--vision-tower and --dtype apply to checkpoints, not to LoRA adapters")
+        convert_llava_lora(args.src, out)
+    else:
+        convert_llava_checkpoint(args.src, out, vision_tower=args.vision_tower, dtype=args.dtype, num_frames=args.frames)
     return 0
