@@ -14,12 +14,11 @@ import numpy as np
 
 from vlm_rlaif.toyworld.config import ToyWorldConfig
 from vlm_rlaif.toyworld.describe import Fact, Name, Speaker
-from vlm_rlaif.toyworld.lexicon import DIRECTIONS, WALLS
+from vlm_rlaif.toyworld.lexicon import DIRECTION_PHRASE, DIRECTIONS, WALLS
 from vlm_rlaif.toyworld.world import Truth
 
 LONG_CORRUPTIONS = ("wrong_colour", "wrong_shape", "wrong_direction", "wrong_order", "invented_object",
                     "invented_event", "omission", "repetition")
-_DIR_WORDS = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
 
 
 def _exists_as(truth: Truth, colour: str, shape: str) -> bool:
@@ -154,7 +153,7 @@ def _edit(truth: Truth, facts: list[Fact], span: tuple[int, int], rng: np.random
         f = facts[k]
         out = list(facts)
         out[k] = replace(f, **{slot: d})
-        said = "does not move" if d == "still" else f"moves {_DIR_WORDS[d]}"
+        said = "does not move" if d == "still" else f"moves {DIRECTION_PHRASE[d]}"
         return out, f"Answer {{x}} says the {_name_text(f.name)} {said}, but it does not."
 
     if corruption == "wrong_order":

@@ -25,7 +25,6 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 BACKGROUND = (18, 18, 24)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES = ("small", "big")
 DIRECTIONS = ("left", "right", "up", "down")
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 # The wall an object moving in a direction bounces off.
@@ -49,6 +48,8 @@ GEN_DIRECTION = {
     "up": ["up", "upward", "to the top"],
     "down": ["down", "downward", "to the bottom"],
 }
+# The one phrase reasons and yes/no questions use for a direction.
+DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
 GEN_WALL = {"left": "left", "right": "right", "top": "top", "bottom": "bottom"}
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 

@@ -4,7 +4,8 @@ The oracle's front end. It knows nothing of the truth; it turns an answer into:
 - mentions: noun phrases naming objects ("the big red square", "a ball", "the red one");
 - claims: (subject mention, kind, value, negated, time word, order on the answer's time line), e.g.
   "Then it turns blue" -> change_colour(blue) about the last subject, later than what came before;
-- the answer's polarity (a leading yes/no), numbers, time words and before/after words.
+- the answer's polarity (a leading yes/no, or "It does." / "It doesn't."), its time words and its
+  before/after words.
 
 How: lower-case and expand contractions, tokenise, rewrite multi-word phrases to canonical tokens
 (synonyms: "comes to a halt" -> STOP, "leftward" / "to the left" / "towards the left" -> DIR:left,
@@ -17,7 +18,7 @@ adjusted by connectives: "X after Y" puts Y first, "at the same time" ties, "bef
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vlm_rlaif.toyworld.lexicon import (
     COLOUR_WORDS,
@@ -74,7 +75,6 @@ class Parsed:
     claims: list[Claim]
     mentions: list[Mention]
     polarity: str | None
-    numbers: list[int]
     time_words: list[str]
     relation_words: list[str]  # "before" / "after", in order
     sentences: dict[int, str]  # sentence index (Claim.sentence) -> its normalised words
@@ -271,7 +271,7 @@ def canonicalize(words: list[str]) -> list[tuple[str, str]]:
             i += 1  # "Right at the beginning": emphasis, not a direction
             continue
         if w in COLOUR_WORDS or w in SHAPE_WORDS or w in SIZE_WORDS:
-            # Object words never start a phrase ("the left wall" starts at "the"; "one" is handled below).
+            # Object words never start a phrase ("the left wall" starts at "the").
             out.append((w, w))
             i += 1
             continue
@@ -434,7 +434,6 @@ class _Reader:
     def __init__(self) -> None:
         self.claims: list[Claim] = []
         self.mentions: list[Mention] = []
-        self.numbers: list[int] = []
         self.subject: Mention | None = None  # None: the default subject
         self.last_order = 0.0  # the latest place on the time line so far
         self.clause_order = 0.0  # the previous clause's place
@@ -449,7 +448,6 @@ class _Reader:
         items = _items(clause.tokens, base)
         kinds = [it.kind for it in items]
         self.mentions += [it.value for it in items if it.kind == "mention"]  # type: ignore[misc]
-        self.numbers += [it.value for it in items if it.kind == "number"]  # type: ignore[misc]
 
         # ---- place on the answer's time line ("and" alone states no order: "appears and moves up")
         if clause.connector == "SIMUL":
@@ -665,7 +663,7 @@ def parse(text: str) -> Parsed:
         else:
             words_so_far.append(text_)
     claims = [c for c in _dedupe(reader.claims) if c.subject is not _NO_SUBJECT]
-    return Parsed(claims, reader.mentions, polarity, reader.numbers, time_words, relation_words, sentences)
+    return Parsed(claims, reader.mentions, polarity, time_words, relation_words, sentences)
 
 
 _AUXILIARIES = {"does", "did", "do", "is", "was", "are", "were", "will", "can", "has", "have"}

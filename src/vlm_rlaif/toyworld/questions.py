@@ -24,7 +24,7 @@ import numpy as np
 from vlm_rlaif.toyworld.config import ToyWorldConfig
 from vlm_rlaif.toyworld.corrupt import corrupt_long, false_event
 from vlm_rlaif.toyworld.describe import Fact, Name, Speaker, number_word, part_of, span_facts, with_sizes
-from vlm_rlaif.toyworld.lexicon import DIRECTIONS, GEN_SHAPE_PLURAL, PARTS
+from vlm_rlaif.toyworld.lexicon import DIRECTION_PHRASE, DIRECTIONS, GEN_SHAPE_PLURAL, PARTS
 from vlm_rlaif.toyworld.world import Truth
 
 PART_PHRASE = {"start": "at the start", "middle": "in the middle", "end": "at the end"}
@@ -80,9 +80,6 @@ class Asker:
         """The event as a Fact (named by the object's colour just before it)."""
         span = self.truth.whole
         return next(f for f in span_facts(self.truth, span) if f.event == k)
-
-    def wrong_with(self, wrongs: list[Wrong], corruption: str, answer: str, reason: str) -> None:
-        wrongs.append(Wrong(corruption, answer, reason))
 
     def add_generic_wrongs(self, qa: QA, obj: int | None) -> QA:
         """Wrongs every short question gets: repetition, and a true answer plus a false claim."""
@@ -222,10 +219,10 @@ class Asker:
 
         qa = QA("direction", "short", {"object": o.id, "when": when, "direction": expected}, qs, say(expected),
                 expected, ["left", "right", "up", "down", "still"])
-        truth_says = "does not move" if expected == "still" else f"moves {GEN_DIR_WORD[expected]}"
+        truth_says = "does not move" if expected == "still" else f"moves {DIRECTION_PHRASE[expected]}"
         for d in self.rng.permutation([d for d in DIRECTIONS if d not in dirs])[:2]:
             qa.wrongs.append(Wrong("wrong_direction", say(str(d)),
-                                   f"Answer {{x}} says {n} moves {GEN_DIR_WORD[str(d)]}, but it {truth_says}."))
+                                   f"Answer {{x}} says {n} moves {DIRECTION_PHRASE[str(d)]}, but it {truth_says}."))
         if dirs and "still" not in [m for _, _, m in segments]:
             qa.wrongs.append(Wrong("wrong_direction", say("still"),
                                    f"Answer {{x}} says {n} does not move, but it {truth_says}."))
@@ -482,9 +479,6 @@ class Asker:
         return [fakes[i] for i in self.rng.permutation(len(fakes))[:k]]
 
 
-GEN_DIR_WORD = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
-
-
 def _phrase_key(f: Fact) -> tuple:
     return (f.obj, f.kind, f.value)
 
@@ -502,7 +496,7 @@ def _base_vp(f: Fact) -> str:
         "disappear": "disappear",
         "change_colour": f"turn {f.value}",
         "stop": "stop",
-        "start": f"start moving {GEN_DIR_WORD.get(f.value or '', '')}".strip(),
+        "start": f"start moving {DIRECTION_PHRASE.get(f.value or '', '')}".strip(),
         "bounce": f"bounce off the {f.value} wall",
     }[f.kind]
 
@@ -520,7 +514,7 @@ def _yes_no_phrases(fact: dict) -> tuple[str, str]:
         d = fact.get("direction")
         if d is None:
             return "move", "does not move"
-        return f"move {GEN_DIR_WORD[d]}", f"does not move {GEN_DIR_WORD[d]}"
+        return f"move {DIRECTION_PHRASE[d]}", f"does not move {DIRECTION_PHRASE[d]}"
     if kind == "change_colour":
         c = fact.get("colour")
         return (f"turn {c}", f"does not turn {c}") if c else ("change colour", "does not change colour")

@@ -35,7 +35,10 @@ def render(truth: Truth, supersample: int = 4) -> np.ndarray:
     coverage (0..1 per output pixel) blends its colour over the background. Objects never overlap
     (world.py keeps them apart), so blending them one by one is exact."""
     s = truth.size
-    frames = np.empty((truth.frames, s, s, 3), dtype=np.float32)
+    # float64 and integer coverage counts keep every value exact (k / supersample^2 blends of
+    # integers), so frames are bit-identical run to run; a float32 mean is not (its SIMD summation
+    # order depends on memory alignment, and one rounding flip changes the encoded mp4).
+    frames = np.empty((truth.frames, s, s, 3), dtype=np.float64)
     frames[:] = BACKGROUND
     for t in range(truth.frames):
         for o in truth.objects:  # drawn in id order: later objects on top
@@ -49,7 +52,8 @@ def render(truth: Truth, supersample: int = 4) -> np.ndarray:
             fx = x0 + (np.arange((x1 - x0) * supersample) + 0.5) / supersample
             fy = y0 + (np.arange((y1 - y0) * supersample) + 0.5) / supersample
             mask = shape_mask(o.shape, fx[None, :] - st.x, fy[:, None] - st.y, o.radius)
-            cover = mask.reshape(y1 - y0, supersample, x1 - x0, supersample).mean(axis=(1, 3))[..., None]
+            count = mask.reshape(y1 - y0, supersample, x1 - x0, supersample).sum(axis=(1, 3))
+            cover = (count / supersample**2)[..., None]
             patch = frames[t, y0:y1, x0:x1]
-            frames[t, y0:y1, x0:x1] = patch * (1.0 - cover) + np.asarray(PALETTE[st.colour], np.float32) * cover
+            frames[t, y0:y1, x0:x1] = patch * (1.0 - cover) + np.asarray(PALETTE[st.colour], np.float64) * cover
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)

@@ -27,7 +27,6 @@ from vlm_rlaif.toyworld.config import ToyWorldConfig
 from vlm_rlaif.toyworld.lexicon import DIRECTIONS, OPPOSITE, WALL_OF
 from vlm_rlaif.video import split_clips
 
-EVENT_TYPES = ("appear", "disappear", "change_colour", "stop", "start", "bounce")
 _STEP = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
