@@ -85,12 +85,20 @@ def test_oracle_judge_through_the_stage_and_the_measurement(toy, model_dir, tmp_
     assert all(row["context"]["context_used"] and not row["no_context"]["context_used"] for row in rows)
 
 
-def test_measurement_with_a_local_judge_on_the_same_pairs(toy, model_dir, tmp_path, monkeypatch):
+def test_measurement_with_a_local_judge_through_the_cli(toy, model_dir, tmp_path, monkeypatch, capsys):
+    from vlm_rlaif.cli import main
+
     monkeypatch.setattr("vlm_rlaif.feedback.pipeline.sample_candidates", _scripted_candidates(toy))
-    config = make_config(model_dir, toy, tmp_path / "measure", prompts=toy / "rl" / "prompts.json", max_prompts=6)
-    measured = measure_context(config)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"feedback:\n  model_dir: {model_dir}\n  prompts: {toy / 'rl' / 'prompts.json'}\n  video_root: {toy}\n"
+        "  clip_max_frames: 4\n  max_prompts: 6\n  describe: {max_new_tokens: 6}\n"
+    )
+    assert main(["feedback", "--config", str(recipe), "--out", str(tmp_path / "measure"), "--measure-context"]) == 0
+    assert "difference (context - no context), paired" in capsys.readouterr().out
+    measured = json.loads((tmp_path / "measure" / "summary.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "measure" / "measure_context.jsonl").read_text().splitlines()]
-    assert measured["pairs"] == len(rows) == 6
+    assert measured["stage"] == "feedback-measure-context" and measured["pairs"] == len(rows) == 6
     # The context reaches only the context condition's prompt, so the two verdicts differ.
     assert all(row["context"]["prob_1_first"] != row["no_context"]["prob_1_first"] for row in rows)
     assert measured["context"]["mean_of_orders"]["n"] + measured["oracle_ties"] == 6
