@@ -150,7 +150,7 @@ def measure_held_out(config: FeedbackConfig, toy: Path, pairs: list[Pair], work:
     rows = judge_both_ways(runner, pairs, reference)
     model_context_s = time.perf_counter() - started
     # Third condition: the same judge reading the true clip descriptions.
-    runner._contexts = ClipContexts(TruthDescriber(toy), runner.frames)
+    runner.contexts = ClipContexts(TruthDescriber(toy), runner.frames)
     for row, (first, second) in zip(rows, runner.judge_pairs(pairs, with_context=True)):
         pair = next(p for p in pairs if p.id == row["id"])
         row["true_context"] = runner.judgment(pair, first, second, True, runner.judge)

@@ -152,6 +152,11 @@ class FeedbackRunner:
             self._contexts = ClipContexts(self._make_describer(), self.frames, self.dir / CONTEXTS_FILE)
         return self._contexts
 
+    @contexts.setter
+    def contexts(self, contexts: ClipContexts) -> None:
+        """Judge with contexts from elsewhere (e.g. the toy world's true clip descriptions)."""
+        self._contexts = contexts
+
     def toy_root(self) -> Path:
         root = self.config.toy_root or self.config.video_root
         if root is None or not (Path(root) / "truth").is_dir():
