@@ -1,0 +1,61 @@
+"""`vlm-rlaif serve`: an OpenAI-compatible chat-completions endpoint for a model.
+
+  vlm-rlaif serve --model DIR [--host 127.0.0.1] [--port 8000] [--video-root DIR] [--name NAME]
+
+POST /v1/chat/completions takes video as image_url frames or as our video_url part (see
+vlm_rlaif.serve.openai_api) and returns token log-probabilities when asked (logprobs, top_logprobs),
+so a judge can read " A" / " B" probabilities; GET /v1/models lists the model. Any API key is accepted.
+Local files (video_url, image_url paths) are read only under --video-root.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vlm_rlaif.commands.chat import add_model_arguments
+
+NAME = "serve"
+HELP = "serve a model over an OpenAI-compatible HTTP API (video input, token log-probabilities)"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    parser.add_argument("--name", help="model name reported to clients (default: the model directory's name)")
+    parser.add_argument("--video-root", help="the only folder whose files requests may name (default: none)")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one answer may ask for (default 1024)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from vlm_rlaif.errors import ConfigError
+    from vlm_rlaif.serve import VideoLMServer, default_num_frames
+    from vlm_rlaif.serve.generation import load_for_generation
+
+    log = logging.getLogger("vlm_rlaif.serve")
+    if args.video_root is not None and not Path(args.video_root).is_dir():
+        raise ConfigError(f"--video-root {args.video_root}: no such directory")
+    lm = load_for_generation(args.model, lora=args.lora, device=args.device, dtype=args.dtype)
+    server = VideoLMServer(
+        (args.host, args.port),
+        lm,
+        model_name=args.name or Path(args.model).resolve().name,
+        video_root=args.video_root,
+        num_frames=args.frames or default_num_frames(lm),
+        max_tokens=args.max_tokens,
+        fingerprint_source=f"{Path(args.model).resolve()}|{args.lora or ''}",
+    )
+    if args.host not in LOOPBACK:
+        log.warning("listening on %s: anyone who reaches this port can use the model (any API key is accepted)", args.host)
+    log.info("serving %s (%s) at %s; Ctrl-C stops", server.model_name, lm.family, server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,155 @@
+"""One answer to one conversation, with what `chat` and `serve` need beyond VideoLM.generate:
+streamed text, stop strings, and the log-probabilities of each generated token and its top rivals.
+
+The prompt is built by VideoLM (its chat template, its feature cache: a video asked about again is
+not re-encoded); sampling follows the same rules as VideoLM.generate (the video token is never
+sampled). Log-probabilities are those of the model's own distribution (before temperature or
+top-p), over the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
+
+DEFAULT_FRAMES = 8  # when the model records no frame count of its own
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token, its log-probability and the most likely tokens at its position."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), best first
+
+
+@dataclass
+class Completion:
+    text: str  # without the EOS token, cut before a stop string
+    token_ids: list[int]  # generated ids, through the EOS token when it ended with one
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int  # video tokens included
+    logprobs: list[TokenLogprob] | None = None  # one per generated token, when asked for
+
+
+def load_for_generation(
+    model_dir: str, *, lora: str | None = None, device: str = "auto", dtype: str | None = None
+) -> VideoLM:
+    """A saved model (any family), optionally with a LoRA adapter on it, ready to answer.
+    device "auto": the first CUDA GPU if there is one, else the CPU."""
+    from vlm_rlaif.models import load_adapter_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = load_adapter_model(model_dir, device=device, dtype=dtype)
+    if lora is not None:
+        lm.load_lora(lora, "served")
+    return lm
+
+
+def default_num_frames(lm: VideoLM) -> int:
+    """The frame count the model was built for (llava-video's processor, an HF video processor's
+    num_frames), else DEFAULT_FRAMES."""
+    video_processor = getattr(lm.processor, "video_processor", None)
+    return getattr(lm.processor, "num_frames", None) or getattr(video_processor, "num_frames", None) or DEFAULT_FRAMES
+
+
+def generation_config(lm: VideoLM, settings: GenerationSettings, stop: Sequence[str] = ()):
+    """transformers GenerationConfig for VideoLM's sampling rules."""
+    from transformers import GenerationConfig
+
+    sampling = settings.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=sampling,
+        temperature=settings.temperature if sampling else None,
+        top_p=settings.top_p if sampling else None,
+        top_k=settings.top_k if sampling else None,
+        eos_token_id=lm.eos_token_id,
+        pad_token_id=lm.pad_token_id,
+        bos_token_id=lm.tokenizer.bos_token_id,
+        suppress_tokens=[lm.video_token_id],
+        stop_strings=list(stop) or None,
+    )
+
+
+@torch.no_grad()
+def complete(
+    lm: VideoLM,
+    example: VideoExample,
+    settings: GenerationSettings,
+    *,
+    top_logprobs: int | None = None,
+    stop: Sequence[str] = (),
+    streamer=None,
+) -> Completion:
+    """Generate one answer. top_logprobs: None = no log-probabilities; k >= 0 = each token's own and
+    its k most likely rivals. streamer: a transformers streamer that receives the tokens as they come."""
+    batch = lm.collate([example], add_generation_prompt=True, visual="features")
+    inputs = lm.model_inputs(batch)
+    inputs.pop("position_ids")  # generate derives them step by step
+    want_logprobs = top_logprobs is not None
+    with lm.eval_mode(), _seeded(settings.seed, lm.device):
+        output = lm.unwrapped_model.generate(
+            **inputs,
+            generation_config=generation_config(lm, settings, stop),
+            streamer=streamer,
+            return_dict_in_generate=True,
+            output_logits=want_logprobs,
+            tokenizer=lm.tokenizer if stop else None,
+        )
+    prompt_length = batch["input_ids"].shape[1]
+    new_ids = output.sequences[0, prompt_length:].tolist()
+    ended = lm.eos_token_id in new_ids
+    if ended:
+        new_ids = new_ids[: new_ids.index(lm.eos_token_id) + 1]
+    text = lm.tokenizer.decode(new_ids[:-1] if ended else new_ids, skip_special_tokens=True)
+    stopped_at = min((text.find(s) for s in stop if s and s in text), default=-1)
+    if stopped_at >= 0:
+        text = text[:stopped_at]
+    finish = "stop" if ended or stopped_at >= 0 else "length"
+    logprobs = None
+    if want_logprobs:
+        logprobs = [
+            _token_logprob(lm, step_logits[0], token_id, top_logprobs)
+            for step_logits, token_id in zip(output.logits, new_ids)
+        ]
+    return Completion(text.strip(), new_ids, finish, int(batch["attention_mask"].sum()), logprobs)
+
+
+def _token_logprob(lm: VideoLM, logits: torch.Tensor, token_id: int, k: int) -> TokenLogprob:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = []
+    if k > 0:
+        values, ids = logprobs.topk(k)
+        top = [(i, lm.tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
+    return TokenLogprob(token_id, lm.tokenizer.decode([token_id]), float(logprobs[token_id]), top)
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Reproducible sampling (OpenAI's `seed`) without disturbing the caller's random state."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+__all__ = [
+    "Completion",
+    "DEFAULT_FRAMES",
+    "TokenLogprob",
+    "complete",
+    "default_num_frames",
+    "generation_config",
+    "load_for_generation",
+]

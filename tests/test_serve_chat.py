@@ -1,0 +1,217 @@
+"""`serve` (OpenAI-compatible endpoint, judged through our own ChatClient) and `chat` (streamed, multi-turn)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import base64
+import io
+import json
+import math
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlm_rlaif.cli import main as cli_main
+from vlm_rlaif.clients.openai_compat import ChatClient, ChatRequest
+from vlm_rlaif.clients.images import frames_to_image_parts
+from vlm_rlaif.clients.parsing import choice_probabilities
+from vlm_rlaif.models import GenerationSettings, VideoExample, build_tiny_model, train_tokenizer
+from vlm_rlaif.serve import ChatSession, VideoLMServer, run_chat_loop
+from vlm_rlaif.video import load_video, write_video
+
+QUESTION = "Which answer is better?"
+CORPUS = [QUESTION, "The better answer is A.", "The better answer is B.", "A", "B", "It is red. It is blue."] * 20
+FRAMES = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def video(colour, seed=0):
+    """A mostly red or mostly blue clip with a little noise."""
+    frames = np.random.default_rng(seed).integers(0, 40, (FRAMES, 32, 32, 3), dtype=np.uint8)
+    frames[..., {"red": 0, "blue": 2}[colour]] += 200
+    return frames
+
+
+@pytest.fixture(scope="module")
+def judge():
+    """A tiny llava-video taught to answer " A" for red videos and " B" for blue ones."""
+    lm = build_tiny_model("tiny", train_tokenizer(CORPUS, vocab_size=400), frames=FRAMES, seed=0)
+    examples = [
+        VideoExample([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": answer}], video(colour, seed))
+        for colour, answer in (("red", "A"), ("blue", "B"))
+        for seed in range(3)
+    ]
+    lm.set_trainable(language_model=True, projector=True)
+    optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=3e-3)
+    lm.model.train()
+    for _ in range(40):
+        loss = lm.forward(lm.collate(examples, visual="frames")).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lm.model.requires_grad_(False)
+    lm.model.eval()
+    return lm
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    write_video(video("red", seed=7), root / "red.mp4", fps=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(judge, video_root):
+    server = VideoLMServer(("127.0.0.1", 0), judge, model_name="tiny-judge", video_root=video_root, num_frames=FRAMES)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def decoded(parts):
+    """The frames the server sees: the JPEG images of the parts, decoded."""
+    images = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts]
+    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+
+
+def post(server, body, path="/v1/chat/completions", raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        server.url.removesuffix("/v1") + path, data=data, headers={"Content-Type": "application/json", "Authorization": "Bearer anything"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_served_model_judges_through_chat_client(judge, server):
+    with ChatClient(server.url, "tiny-judge", api_key_env=None, max_retries=0) as client:
+        for colour, verdict in (("red", "A"), ("blue", "B")):
+            parts = frames_to_image_parts(video(colour, seed=5))
+            request = ChatRequest([{"role": "user", "content": [*parts, {"type": "text", "text": QUESTION}]}], max_tokens=3, top_logprobs=5)
+            [result] = client.complete([request])
+            assert result.ok, result.error
+            assert result.model == "tiny-judge" and result.system_fingerprint.startswith("fp_vlm_rlaif_")
+            assert result.tokens[0] == f" {verdict}" and result.text.startswith(verdict)
+            probability_a = choice_probabilities(result.top_logprobs[0])["A"]
+            # The same question asked of the model directly, on the frames the server decoded.
+            example = VideoExample([{"role": "user", "content": QUESTION}], decoded(parts))
+            logprob_a, logprob_b = judge.next_token_logprobs([example], [" A", " B"])[0].tolist()
+            assert math.isclose(result.top_logprobs[0][" A"], logprob_a, abs_tol=1e-5)
+            assert math.isclose(probability_a, 1 / (1 + math.exp(logprob_b - logprob_a)), abs_tol=1e-5)
+            assert (probability_a > 0.9) == (verdict == "A") and (probability_a < 0.1) == (verdict == "B")
+            prompt_tokens = int(judge.collate([example], add_generation_prompt=True)["attention_mask"].sum())
+            assert result.usage["prompt_tokens"] == prompt_tokens and result.usage["completion_tokens"] == len(result.tokens)
+
+
+def test_video_url_answers_like_generate(judge, server, video_root):
+    frames = load_video(str(video_root / "red.mp4"), num_frames=FRAMES).frames
+    expected = judge.generate([VideoExample([{"role": "user", "content": QUESTION}], frames)], GenerationSettings(max_new_tokens=4, temperature=0))
+    for url in ("red.mp4", (video_root / "red.mp4").as_uri()):
+        status, reply = post(server, {
+            "model": "anything",
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": QUESTION}]}],
+            "temperature": 0, "max_tokens": 4, "logprobs": True, "top_logprobs": 2,
+        })  # fmt: skip
+        assert status == 200, reply
+        choice = reply["choices"][0]
+        assert choice["message"]["content"] == expected[0].text
+        assert choice["finish_reason"] == ("stop" if expected[0].ended_with_eos else "length")
+        content = choice["logprobs"]["content"]
+        assert len(content) == reply["usage"]["completion_tokens"] == len(expected[0].token_ids)
+        for position in content:  # greedy: each token is the most likely one
+            assert position["logprob"] <= 0 and math.isclose(position["logprob"], position["top_logprobs"][0]["logprob"], abs_tol=1e-6)
+            assert position["bytes"] == list(position["token"].encode())
+
+
+def test_models_route_and_bad_requests(server, video_root, tmp_path):
+    with urllib.request.urlopen(server.url + "/models", timeout=10) as response:
+        assert json.loads(response.read())["data"][0]["id"] == "tiny-judge"
+    user = {"role": "user", "content": QUESTION}
+    outside = tmp_path / "elsewhere.mp4"
+    write_video(video("red"), outside, fps=4)
+    small, large = frames_to_image_parts(video("red")[:1]), frames_to_image_parts(np.zeros((1, 16, 16, 3), np.uint8))
+    cases = [
+        (None, b"{not json", "not JSON"),
+        ({"model": "m"}, None, "messages must be a non-empty list"),
+        ({"messages": [user], "n": 2}, None, "n must be 1"),
+        ({"messages": [user], "stream": True}, None, "streaming"),
+        ({"messages": [user], "tools": []}, None, "unsupported field"),
+        ({"messages": [user], "top_logprobs": 3}, None, "needs logprobs=true"),
+        ({"messages": [user], "logprobs": True, "top_logprobs": 50}, None, "top_logprobs must be"),
+        ({"messages": [user], "temperature": -1}, None, "temperature must be"),
+        ({"messages": [user, {"role": "assistant", "content": "A"}]}, None, "last message must be a user message"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, None, "role one of"),
+        ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "../elsewhere.mp4"}}]}]}, None, "outside the video root"),
+        ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(outside)}}]}]}, None, "outside the video root"),
+        ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "missing.mp4"}}]}]}, None, "no such file"),
+        ({"messages": [{"role": "user", "content": [*small, *large]}]}, None, "same size"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]}, None, "invalid base64"),
+        ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, None, "expected a text, image_url or video_url part"),
+    ]  # fmt: skip
+    for body, raw, message in cases:
+        status, reply = post(server, body, raw=raw)
+        assert status == 400 and message in reply["error"]["message"], (body, reply)
+    status, reply = post(server, {"messages": [user]}, path="/v1/completions")
+    assert status == 404
+
+
+def test_no_video_root_means_no_local_files(judge, video_root):
+    server = VideoLMServer(("127.0.0.1", 0), judge, model_name="m", num_frames=FRAMES)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        part = {"type": "video_url", "video_url": {"url": str(video_root / "red.mp4")}}
+        status, reply = post(server, {"messages": [{"role": "user", "content": [part]}]})
+        assert status == 400 and "--video-root" in reply["error"]["message"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_chat_session_is_multi_turn_and_resets(judge):
+    frames = video("red", seed=9)
+    greedy = GenerationSettings(max_new_tokens=6, temperature=0)
+    session = ChatSession(judge, frames, "chat:red", greedy)
+    script = io.StringIO(f"{QUESTION}\nAnd why?\n/reset\n\n/bogus\n{QUESTION}\n/quit\nnever read\n")
+    out = io.StringIO()
+    assert run_chat_loop(session, script, out) == 0
+    first = judge.generate([VideoExample([{"role": "user", "content": QUESTION}], frames)], greedy)[0].text
+    follow_up = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "And why?"},
+    ]
+    second = judge.generate([VideoExample(follow_up, frames)], greedy)[0].text
+    text = out.getvalue()
+    assert text.count("model> ") == 3 and "(conversation cleared)" in text and "unknown command /bogus" in text
+    answers = [line.removeprefix("you> ").removeprefix("model> ").strip() for line in text.splitlines() if "model> " in line]
+    assert answers == [first, second, first]  # streamed pieces add up to the answers
+    assert session.history == [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first}]
+
+
+def test_chat_command_reads_a_video_file(judge, video_root, tmp_path, monkeypatch, capsys):
+    judge.save(tmp_path / "model")
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\n"))
+    args = ["chat", "--model", str(tmp_path / "model"), "--video", str(video_root / "red.mp4"), "--temperature", "0", "--max-new-tokens", "3", "--device", "cpu"]
+    assert cli_main(args) == 0
+    output = capsys.readouterr().out
+    assert f"{FRAMES} frames" in output and "model> A" in output
