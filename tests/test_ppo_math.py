@@ -135,17 +135,17 @@ def test_explained_variance():
     assert math.isnan(pm.explained_variance(returns, constant, MASK).item())  # returns without variance
 
 
-def test_logprobs_and_entropy():
+def test_token_logprobs_and_entropy():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 5)
     targets = torch.tensor([[0, 4, 2], [1, 1, 3]])
-    logprobs, entropy = pm.logprobs_and_entropy(logits, targets, MASK, temperature=0.5)
+    logprobs = pm.token_logprobs(logits, targets, MASK, temperature=0.5)
     reference = torch.log_softmax(logits / 0.5, dim=-1)
     expected = reference.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * MASK
     torch.testing.assert_close(logprobs, expected)
     expected_entropy = -(reference.exp() * reference).sum(-1) * MASK
-    torch.testing.assert_close(entropy, expected_entropy)
-    _, uniform = pm.logprobs_and_entropy(torch.zeros(1, 1, 7), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(pm.entropy(logits, MASK, temperature=0.5), expected_entropy)
+    uniform = pm.entropy(torch.zeros(1, 1, 7), torch.ones(1, 1, dtype=torch.bool))
     assert uniform.item() == pytest.approx(math.log(7))
 
 

@@ -432,15 +432,19 @@ class PPOTrainer:
         self._activate_policy()
         return self.engine.generate(examples, generation)
 
-    def policy_logprobs(self, lm: VideoLM, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities and entropies (B, R) of a collate_with_responses batch under `lm` (grad
-        follows the caller)."""
+    def policy_logprobs(self, lm: VideoLM, batch: dict, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probabilities (B, R) of the responses of a collate_with_responses batch under `lm`, and
+        the entropies when asked (grad follows the caller)."""
         mask = batch["response_mask"]
         width = mask.shape[1]
         with self.accelerator.autocast():
+            # The logits at column P - 1 + t predict response token t.
             logits = lm.forward(batch, logits_to_keep=width + 1).logits[:, :-1]
         targets = batch["input_ids"][:, -width:].to(logits.device)
-        return ppo_math.logprobs_and_entropy(logits, targets, mask.to(logits.device), temperature=self.settings.temperature)
+        mask = mask.to(logits.device)
+        temperature = self.settings.temperature
+        logprobs = ppo_math.token_logprobs(logits, targets, mask, temperature=temperature)
+        return logprobs, ppo_math.entropy(logits, mask, temperature=temperature) if with_entropy else None
 
     def reference_logprobs(self, batch: dict) -> torch.Tensor:
         with torch.no_grad(), self._reference_model() as reference:
@@ -474,7 +478,7 @@ class PPOTrainer:
                 chunk_responses = responses[start : start + step]
                 batch = self.policy.collate_with_responses(chunk_examples, chunk_responses)
                 self._activate_policy()
-                logprobs, entropy = self.policy_logprobs(self.policy, batch)
+                logprobs, entropy = self.policy_logprobs(self.policy, batch, with_entropy=True)
                 parts["mask"].append(_pad_columns(batch["response_mask"], width))
                 parts["logprobs"].append(_pad_columns(logprobs, width))
                 parts["entropy"].append(_pad_columns(entropy, width))

@@ -88,22 +88,24 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # ---------------------------------------------------------------------------- log-probabilities
 
 
-def logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of `targets` (B, R) and the entropy (B, R) of the sampling distribution
-    softmax(logits / temperature), from logits (B, R, V) aligned with the targets. 0 on padding.
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (B, R) of `targets` under softmax(logits / temperature), from logits
+    (B, R, V) aligned with the targets; 0 on padding.
 
     The temperature is the one the rollouts were sampled at, so importance ratios and KL are those of
     the distribution that produced the tokens.
     """
     logits = logits.float() / temperature
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+    return logprobs * mask.to(logprobs.dtype)
+
+
+def entropy(logits: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (B, R) of softmax(logits / temperature) at every position; 0 on padding."""
+    logits = logits.float() / temperature
     log_norm = logits.logsumexp(dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     probs = (logits - log_norm.unsqueeze(-1)).exp()
-    entropy = log_norm - (probs * logits).sum(dim=-1)
-    mask = mask.to(logprobs.dtype)
-    return logprobs * mask, entropy * mask
+    return (log_norm - (probs * logits).sum(dim=-1)) * mask.to(log_norm.dtype)
 
 
 # ---------------------------------------------------------------------------- rewards
@@ -271,11 +273,12 @@ __all__ = [
     "gae",
     "kl_penalty",
     "last_positions",
-    "logprobs_and_entropy",
+    "entropy",
     "masked_mean",
     "masked_mean_var",
     "policy_loss",
     "sequence_rewards",
+    "token_logprobs",
     "token_rewards",
     "value_loss",
     "whiten",
