@@ -21,11 +21,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--name", help="model name reported to clients (default: the model directory's name)")
     parser.add_argument("--video-root", help="the only folder whose files requests may name (default: none)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one answer may ask for (default 1024)")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="longest answer one may ask for (default 1024)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         fingerprint_source=f"{Path(args.model).resolve()}|{args.lora or ''}",
     )
     if args.host not in LOOPBACK:
-        log.warning("listening on %s: anyone who reaches this port can use the model (any API key is accepted)", args.host)
+        log.warning("listening on %s: whoever reaches this port can use the model (any API key works)", args.host)
     log.info("serving %s (%s) at %s; Ctrl-C stops", server.model_name, lm.family, server.url)
     try:
         server.serve_forever()

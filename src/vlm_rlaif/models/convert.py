@@ -151,20 +151,26 @@ def convert_llava_checkpoint(
     if projector_type not in ("mlp2x_gelu", "linear"):
         raise UserError(f"{config_path}: mm_projector_type {projector_type!r} is not supported (mlp2x_gelu, linear)")
     if original.get("mm_vision_select_feature", "patch") != "patch":
-        raise UserError(f"{config_path}: mm_vision_select_feature {original['mm_vision_select_feature']!r}: only 'patch' (CLS dropped) is supported")
+        raise UserError(
+            f"{config_path}: mm_vision_select_feature {original['mm_vision_select_feature']!r}: "
+            "only 'patch' (CLS dropped) is supported"
+        )
     if original.get("mm_use_im_start_end", False):
         raise UserError(f"{config_path}: mm_use_im_start_end=true (image start/end tokens) is not supported")
     if original.get("image_aspect_ratio", "pad") != "pad":
-        log.warning("%s: image_aspect_ratio %r; llava-video pads frames to square as LLaVA-1.5 ('pad')", config_path, original["image_aspect_ratio"])
+        log.warning(
+            "%s: image_aspect_ratio %r; llava-video pads frames to square as LLaVA-1.5 does ('pad')",
+            config_path,
+            original["image_aspect_ratio"],
+        )
 
     state = read_state_dict(src)
     num_layers = original["num_hidden_layers"]
     layer_leaves = sorted({k.split(".", 3)[3] for k in state if k.startswith("model.layers.0.")})
     if not layer_leaves:
         raise UserError(f"{src}: missing weights model.layers.0.* (is this a LLaVA checkpoint?)")
-    projector = ["model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias"]
-    if projector_type == "linear":
-        projector = ["model.mm_projector.weight", "model.mm_projector.bias"]
+    layers = ("0.", "2.") if projector_type == "mlp2x_gelu" else ("",)
+    projector = [f"model.mm_projector.{layer}{kind}" for layer in layers for kind in ("weight", "bias")]
     _missing(
         state,
         ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", *projector]
@@ -202,7 +208,8 @@ def convert_llava_checkpoint(
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as err:  # transformers raises many kinds here
         raise UserError(
-            f"{src}: cannot load the tokenizer ({err}); a LLaMA tokenizer.model needs `pip install sentencepiece protobuf`"
+            f"{src}: cannot load the tokenizer ({err}); "
+            "a LLaMA tokenizer.model needs `pip install sentencepiece protobuf`"
         ) from err
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([VIDEO_TOKEN], special_tokens=True)
@@ -261,7 +268,7 @@ def convert_llava_checkpoint(
         target.bos_token_id, target.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         target.pad_token_id = tokenizer.pad_token_id
     LlavaVideoLM(model.eval(), processor, feature_cache=False).save(out)
-    log.info("wrote %s: llava-video, %d layers, vocabulary %d (+%s), tower %s", out, num_layers, rows, VIDEO_TOKEN, tower_where)
+    log.info("wrote %s: llava-video, %d layers, %d tokens, tower from %s", out, num_layers, rows, tower_where)
     return out
 
 

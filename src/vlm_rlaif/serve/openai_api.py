@@ -76,15 +76,15 @@ def parse_request(body: object, *, video_root: Path | None, num_frames: int, max
     if top_p == 0:
         raise BadRequest("top_p must be > 0", "top_p")
     limit = body.get("max_completion_tokens", body.get("max_tokens", max_tokens))
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= max_tokens:
+    if not _is_int(limit) or not 1 <= limit <= max_tokens:
         raise BadRequest(f"max_tokens must be an integer from 1 to {max_tokens}, got {limit!r}", "max_tokens")
     seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+    if seed is not None and not _is_int(seed):
         raise BadRequest(f"seed must be an integer, got {seed!r}", "seed")
     top_logprobs = None
     if body.get("logprobs", False):
         top_logprobs = body.get("top_logprobs", 0)
-        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        if not _is_int(top_logprobs) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise BadRequest(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
     elif body.get("top_logprobs") is not None:
         raise BadRequest("top_logprobs needs logprobs=true", "top_logprobs")
@@ -96,6 +96,10 @@ def parse_request(body: object, *, video_root: Path | None, num_frames: int, max
     conversation, frames, video_key = _conversation(body.get("messages"), video_root, num_frames)
     settings = GenerationSettings(max_new_tokens=limit, temperature=temperature, top_p=top_p, seed=seed)
     return ChatCompletionRequest(VideoExample(conversation, frames, video_key), settings, top_logprobs, stop)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
@@ -139,7 +143,7 @@ def _conversation(messages: object, video_root: Path | None, num_frames: int):
             raise BadRequest(f"{where}: content must be a string or a list of parts", "messages")
         if frames:
             if message_video is not None:
-                raise BadRequest(f"{where}: send a video either as image frames or as a video_url, not both", "messages")
+                raise BadRequest(f"{where}: send a video as image frames or as a video_url, not both", "messages")
             message_video = _frames_video(frames, where)
         if message_video is not None:
             if video is not None or ROLES[message["role"]] != "user":

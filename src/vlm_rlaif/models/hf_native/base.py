@@ -166,7 +166,8 @@ class HFNativeVideoLM(VideoLM):
         if dtype is not None:
             kwargs["dtype"] = resolve_dtype(dtype)
         if quantization is not None:
-            kwargs["quantization_config"] = quantization_config(quantization, skip_modules=list(cls.unquantized_modules))
+            skip = list(cls.unquantized_modules)
+            kwargs["quantization_config"] = quantization_config(quantization, skip_modules=skip)
             kwargs["device_map"] = {"": torch.device(device)}
         try:
             model = AutoModelForImageTextToText.from_pretrained(directory, **kwargs)

@@ -56,7 +56,9 @@ class Qwen25VLVideoLM(HFNativeVideoLM):
         visual = self._inner().visual
         return {"vision_tower": visual, "projector": visual.merger}
 
-    def set_trainable(self, *, language_model: bool = True, projector: bool = False, vision_tower: bool = False) -> None:
+    def set_trainable(
+        self, *, language_model: bool = True, projector: bool = False, vision_tower: bool = False
+    ) -> None:
         super().set_trainable(language_model=language_model, projector=projector, vision_tower=vision_tower)
         # The merger (projector) lives inside the vision tower: the tower's setting must not override it.
         for param in self.visual_modules()["projector"].parameters():

@@ -24,7 +24,8 @@ LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
     "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}"
     "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
@@ -38,10 +39,12 @@ QWEN2_5_VL_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -49,7 +52,8 @@ QWEN2_5_VL_TEMPLATE = (
 
 LLAVA_NEXT_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<video>", "<image>")
 QWEN_SPECIALS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>",
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>",
 )  # fmt: skip
 
 # (language model, vision tower) shapes per size.
@@ -59,7 +63,9 @@ LLAVA_NEXT_SIZES = {
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
     ),
     "small": (
-        dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8),
+        dict(
+            hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8
+        ),
         dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
     ),
 }
@@ -71,7 +77,9 @@ QWEN_SIZES = {
         [4, 6, 6],
     ),
     "small": (
-        dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
+        dict(
+            hidden_size=512, intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4
+        ),
         dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, fullatt_block_indexes=[1, 3]),
         [8, 12, 12],
     ),
@@ -153,7 +161,7 @@ def _sizes(table: dict, size: str):
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict:
-    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
 def _set_token_ids(model, tokenizer: PreTrainedTokenizerFast) -> None:
@@ -189,15 +197,25 @@ def _build_llava_next_video(tokenizer, size: str, frames: int, image_size: int) 
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
     )
+    text_config = dict(
+        text_shape, model_type="llama", vocab_size=len(tokenizer), max_position_embeddings=2048, **_token_ids(tokenizer)
+    )
+    vision_config = dict(
+        vision_shape,
+        model_type="clip_vision_model",
+        image_size=image_size,
+        patch_size=PATCH_SIZE,
+        projection_dim=vision_shape["hidden_size"],
+    )
     config = LlavaNextVideoConfig(
-        text_config=dict(text_shape, model_type="llama", vocab_size=len(tokenizer), max_position_embeddings=2048, **_token_ids(tokenizer)),
-        vision_config=dict(vision_shape, model_type="clip_vision_model", image_size=image_size, patch_size=PATCH_SIZE, projection_dim=vision_shape["hidden_size"]),
+        text_config=text_config,
+        vision_config=vision_config,
         video_token_index=processor.video_token_id,
         image_token_index=processor.image_token_id,
         image_grid_pinpoints=[[image_size, image_size]],
         vision_feature_layer=-2,
         spatial_pool_stride=2,
-    )  # fmt: skip
+    )
     model = LlavaNextVideoForConditionalGeneration(config)
     _set_token_ids(model, tokenizer)
     return LlavaNextVideoLM(model.eval(), processor)
@@ -217,7 +235,10 @@ def _build_qwen2_5_vl(tokenizer, size: str, frames: int, image_size: int) -> HFN
     video_processor = Qwen2VLVideoProcessor(size=budget, cap_pixels_per_frame=False, num_frames=frames, **patches)
     image_processor = Qwen2VLImageProcessor(size=budget, **patches)
     processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=QWEN2_5_VL_TEMPLATE
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=QWEN2_5_VL_TEMPLATE,
     )
     config = Qwen2_5_VLConfig(
         text_config=dict(
