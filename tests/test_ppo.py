@@ -29,7 +29,7 @@ from vlm_rlaif.models import (
     load_adapter_model,
     train_tokenizer,
 )
-from vlm_rlaif.rollout import make_engine
+from vlm_rlaif.rollout import make_engine, vllm_available
 from vlm_rlaif.train.ppo import (
     POLICY,
     REFERENCE,
@@ -455,16 +455,9 @@ def test_errors_are_clear(world, tmp_path):
     prompts, dropped = read_prompts(world / "rl" / "prompts.json", world, tokenizer, 3)
     assert prompts == [] and dropped == 16  # every question is longer than 3 tokens
 
-    lm = load_adapter_model(world / "sft_model")
-    if importlib_util_find("vllm") is None:
+    if not vllm_available():
         with pytest.raises(UserError, match="needs vllm"):
-            make_engine("vllm", lm, adapter=None)
-
-
-def importlib_util_find(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name)
+            make_engine("vllm", load_adapter_model(world / "sft_model"), adapter=None)
 
 
 def test_cli_offers_ppo():

@@ -77,7 +77,10 @@ def make_engine(
         return HFEngine(lm, adapter)
     if kind == "vllm":
         if not vllm_available():
-            raise UserError("rollout engine 'vllm' needs vllm, which is not installed: pip install 'vlm-rlaif[vllm]' (or use engine 'hf')")
+            raise UserError(
+                "rollout engine 'vllm' needs vllm, which is not installed: pip install 'vlm-rlaif[vllm]' "
+                "(or use engine 'hf')"
+            )
         from vlm_rlaif.rollout.vllm_engine import VLLMEngine
 
         if model_dir is None or workdir is None:

@@ -177,7 +177,10 @@ class PPOSettings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         if self.rollout_batch_size % self.minibatch_size:
-            raise ConfigError(f"ppo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of ppo.minibatch_size ({self.minibatch_size})")
+            raise ConfigError(
+                f"ppo.rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                f"ppo.minibatch_size ({self.minibatch_size})"
+            )
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("ppo.temperature must be > 0 (PPO samples) and ppo.top_p in (0, 1]")
         if min(self.max_iterations, self.warmup_iterations, self.save_every, self.log_samples, self.kl_coef,
@@ -219,7 +222,9 @@ class PPOConfig:
             raise ConfigError("policy.model (the SFT model directory) is required")
         lora = self.policy.lora
         if lora.train_projector or lora.train_vision_tower:
-            raise ConfigError("the visual path stays frozen in PPO: policy.lora.train_projector/train_vision_tower must be false")
+            raise ConfigError(
+                "the visual path stays frozen in PPO: policy.lora.train_projector/train_vision_tower must be false"
+            )
         if self.init.adapter and self.policy.finetune == "full":
             raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
 
@@ -432,7 +437,9 @@ class PPOTrainer:
         self._activate_policy()
         return self.engine.generate(examples, generation)
 
-    def policy_logprobs(self, lm: VideoLM, batch: dict, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def policy_logprobs(
+        self, lm: VideoLM, batch: dict, *, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probabilities (B, R) of the responses of a collate_with_responses batch under `lm`, and
         the entropies when asked (grad follows the caller)."""
         mask = batch["response_mask"]
@@ -632,7 +639,8 @@ class PPOTrainer:
         }
         metrics = self._reduce_ratios(sums)
         metrics["kl_coef"] = self.kl_controller.value
-        metrics["explained_variance"] = ppo_math.explained_variance(r.values, r.returns, r.mask, across_processes=True).item()
+        explained = ppo_math.explained_variance(r.values, r.returns, r.mask, across_processes=True)
+        metrics["explained_variance"] = explained.item()
         return metrics
 
     def _reduce_ratios(self, sums: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -666,7 +674,8 @@ class PPOTrainer:
         torch.save(_rng_state(), partial / f"rng_{self.rank}.pt")
         self.accelerator.wait_for_everyone()
         if main:
-            save_file({k: p.detach().cpu().contiguous() for k, p in self.named_parameters.items()}, partial / "trainable.safetensors")
+            weights = {k: p.detach().cpu().contiguous() for k, p in self.named_parameters.items()}
+            save_file(weights, partial / "trainable.safetensors")
             torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
             state = {"iteration": iteration, "kl_coef": self.kl_controller.value, "num_processes": self.world, **extra}
@@ -788,7 +797,8 @@ def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accele
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         run = RunDir(init_dir, "ppo_init", resumed=True)
-    plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=dataset.lengths(policy.tokenizer))
+    lengths = dataset.lengths(policy.tokenizer)
+    plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=lengths)
     result = train(
         policy.model, make_sft_loss(policy), PlannedBatches(plan, dataset, policy.collate), settings,
         run=run, accelerator=accelerator, desc="policy init",
@@ -823,7 +833,9 @@ def load_value_and_reward(
     if settings.model:
         from vlm_rlaif.reward import RewardModel, reward_model_directory
 
-        rm = RewardModel.load(settings.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+        rm = RewardModel.load(
+            settings.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
+        )
         value_lm = rm.lm
         if settings.value_init == "reward_model":
             value_lm.load_lora(reward_model_directory(settings.model) / "lora", VALUE, trainable=True)
@@ -831,7 +843,10 @@ def load_value_and_reward(
             torch.manual_seed(config.seed + 1)
             value_lm.add_lora(VALUE, settings.value_lora)
         if rm.frames is not None and rm.frames.num_frames != num_frames_of(config, policy):
-            log.warning("the reward model was trained on %d frames per video, PPO samples %d", rm.frames.num_frames, num_frames_of(config, policy))
+            log.warning(
+                "the reward model was trained on %d frames per video, PPO samples %d",
+                rm.frames.num_frames, num_frames_of(config, policy),
+            )
         if reward_fn is None:
             batch_size = config.ppo.forward_batch_size
 
@@ -844,13 +859,17 @@ def load_value_and_reward(
             raise ConfigError("reward.model (a reward model directory) is required")
         if settings.value_init == "reward_model":
             raise ConfigError("reward.value_init 'reward_model' needs reward.model; use 'fresh' with a reward function")
-        value_lm = load_adapter_model(config.policy.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+        value_lm = load_adapter_model(
+            config.policy.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
+        )
         torch.manual_seed(config.seed + 1)
         value_lm.add_lora(VALUE, settings.value_lora)
     info.setdefault("reward", "function")
     share_feature_cache(value_lm, cache)
     if value_lm.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
-        raise UserError("the value/reward base and the policy use different tokenizers; the value model must read the policy's tokens")
+        raise UserError(
+            "the value/reward base and the policy use different tokenizers; the value model must read the policy's tokens"
+        )
     if not (value_lm.visual_path_frozen and policy.visual_path_frozen):
         raise UserError("the vision tower and projector must stay frozen in PPO")
     if runtime.gradient_checkpointing:
@@ -905,7 +924,8 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
 
     root = Path(config.data.root)
     store = _frame_store(config, policy)
-    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy.tokenizer, config.data.max_question_tokens)
+    max_tokens = config.data.max_question_tokens
+    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy.tokenizer, max_tokens)
     if dropped:
         log.warning("dropped %d prompts whose question exceeds %d tokens", dropped, config.data.max_question_tokens)
     plan = prompt_plan(len(prompts), settings, config.seed)

@@ -75,7 +75,9 @@ def whiten(
     return whitened * mask.to(values.dtype)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False) -> torch.Tensor:
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False
+) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns): 1 for a perfect value model, 0 for a constant one;
     NaN when the returns do not vary (undefined)."""
     _, var_returns = masked_mean_var(returns, mask, across_processes=across_processes)
@@ -88,7 +90,9 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 # ---------------------------------------------------------------------------- log-probabilities
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Log-probabilities (B, R) of `targets` under softmax(logits / temperature), from logits
     (B, R, V) aligned with the targets; 0 on padding.
 
