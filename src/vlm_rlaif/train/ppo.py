@@ -119,8 +119,9 @@ class DataSettings:
     """Files are relative to root, and so are the records' videos (unless video_root is set).
     prompts: RL prompts (instruction records; the first human turn is the question).
     init_data: the same prompts with reference answers, for the policy initialisation.
-    num_frames: frames per video (0: the policy model's own setting). Questions longer than
-    max_question_tokens are dropped (with their videos; the paper: 128-token queries)."""
+    num_frames: frames per video (0: the policy model's own setting). Questions of more than
+    max_question_tokens tokens (the question alone, without template and video) are dropped, together
+    with their videos (the paper drops queries over 128 tokens)."""
 
     root: str = "."
     prompts: str = "rl/prompts.json"
@@ -134,7 +135,9 @@ class DataSettings:
 @dataclass
 class PPOSettings:
     """The paper's values are the defaults. Batch sizes count rollouts over all processes, except
-    micro_batch_size and forward_batch_size (per process, per forward)."""
+    micro_batch_size, forward_batch_size and generation_batch_size (per process, per call).
+    top_p < 1 samples from a truncated distribution that the log-probabilities (softmax at
+    `temperature`) do not model; keep 1.0 as the paper does."""
 
     rollout_batch_size: int = 256
     minibatch_size: int = 128
