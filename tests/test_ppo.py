@@ -1,4 +1,4 @@
-"""PPO on tiny models: zero KL and zero policy gradient at the reference, the video in every pass,
+"""PPO on tiny models: log-prob and value alignment, zero KL and zero policy gradient at the reference, the video in every pass,
 a known reward that rises, the reward model as reward and value initialisation, resume after a kill."""
 
 import json
@@ -181,6 +181,32 @@ def test_kl_and_policy_gradient_are_zero_when_policy_equals_reference(world):
     trainer.compute_advantages(rollouts)
     trainer.loss(rollouts, [0, 1, 2, 3])[0].backward()
     assert any(torch.count_nonzero(g) > 0 for g in policy_grads(trainer))
+
+
+@torch.no_grad()
+def test_logprobs_and_values_align_with_an_unpadded_forward(world):
+    trainer = build_trainer(world, zero_reward, same_reference=False)
+    trainer.value.head.linear.weight.normal_()  # a zero head would make every value trivially 0
+    examples = prompts_of(world, trainer.policy, 3)
+    responses = [[5, 6, 7, 8], [9], [10, 11]]  # different lengths: right padding inside the batch
+    batch = trainer.policy.collate_with_responses(examples, responses)
+    logprobs, _ = trainer.policy_logprobs(trainer.policy, batch)
+    values = trainer.values(examples, responses)
+    for row, (example, response) in enumerate(zip(examples, responses)):
+        prompt = trainer.policy.collate([example], add_generation_prompt=True)  # one row: no padding
+        width = prompt["input_ids"].shape[1]
+        alone = dict(prompt, input_ids=torch.cat([prompt["input_ids"], torch.tensor([response])], dim=1))
+        alone["attention_mask"] = torch.ones_like(alone["input_ids"])
+        alone["position_ids"] = torch.arange(alone["input_ids"].shape[1]).unsqueeze(0)
+        trainer.policy.set_adapter(POLICY)
+        log_softmax = torch.log_softmax(trainer.policy.forward(alone).logits[0].float(), dim=-1)
+        trainer.value.lm.set_adapter(VALUE)
+        head = trainer.value.head(trainer.value.lm.hidden_states(alone)[0])
+        for t, token in enumerate(response):  # position width - 1 + t predicts response token t
+            assert logprobs[row, t].item() == pytest.approx(log_softmax[width - 1 + t, token].item(), abs=1e-4)
+            assert values[row, t].item() == pytest.approx(head[width - 1 + t].item(), abs=1e-4)
+            assert values[row, t].item() != pytest.approx(head[width + t].item(), abs=1e-4)  # not off by one
+        assert torch.count_nonzero(logprobs[row, len(response) :]) == 0 and torch.count_nonzero(values[row, len(response) :]) == 0
 
 
 def test_video_reaches_every_pass_and_is_encoded_once(world):
