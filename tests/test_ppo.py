@@ -1,5 +1,6 @@
-"""PPO on tiny models: log-prob and value alignment, zero KL and zero policy gradient at the reference, the video in every pass,
-a known reward that rises, the reward model as reward and value initialisation, resume after a kill."""
+"""PPO on tiny models: log-prob and value alignment, zero KL and zero policy gradient at the
+reference, the video in every pass, a known reward that rises, the reward model as reward and value
+initialisation, two processes, full fine-tuning, resume after a kill."""
 
 import json
 import math
