@@ -164,6 +164,51 @@ def test_generate_agrees_with_forward_under_left_padding(lm):
     assert [g.sample_index for g in sampled] == [0, 1, 2]
 
 
+def test_scored_responses_line_up_with_generation(lm):
+    # PPO's scoring pass: prompts left-padded, responses appended. Under greedy decoding every
+    # generated token is the most likely one at its place, which only holds if the scoring pass
+    # sees the same positions (3-D for Qwen2.5-VL) and video as generation did.
+    examples = [ask("What colour is the circle?", frames(4, seed=12), "p1"), ask("Where?", frames(2, 40, 48, seed=13), "p2")]
+    generations = lm.generate(examples, GenerationSettings(max_new_tokens=5, temperature=0.0))
+    responses = [g.token_ids for g in generations]
+    with torch.no_grad():
+        logprobs, mask = lm.response_logprobs(examples, responses)
+        batch = lm.collate_with_responses(examples, responses)
+        width = batch["response_mask"].shape[1]
+        logits = lm.forward(batch).logits[:, -width - 1 : -1].float()
+    full = torch.log_softmax(logits, -1)  # what response_logprobs reports: over the whole vocabulary
+    full[..., lm.video_token_id] = float("-inf")  # never sampled
+    best = full.max(-1)
+    for row, response in enumerate(responses):
+        n = len(response)
+        assert mask[row].sum() == n
+        assert best.indices[row, :n].tolist() == response
+        torch.testing.assert_close(logprobs[row, :n], best.values[row, :n], rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_checkpointing_keeps_the_loss_and_gradients(lm):
+    lm = build_tiny_hf_model(lm.family, CORPUS, seed=4)
+    lm.add_lora("sft", LoraSettings(r=4, alpha=8))
+    batch = lm.collate([chat("What colour is the circle?", "The circle is red.", frames(2, seed=14))], visual="frames")
+    lm.model.train()
+
+    def loss_and_grads():
+        loss = lm.forward(batch).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in lm.trainable_parameters()]
+        lm.model.zero_grad()
+        return loss.detach(), grads
+
+    plain_loss, plain_grads = loss_and_grads()
+    lm.enable_gradient_checkpointing()
+    with count_visual_calls(lm) as counts:
+        checkpointed_loss, checkpointed_grads = loss_and_grads()
+    assert counts.video_forwards_with_grad == 1
+    torch.testing.assert_close(checkpointed_loss, plain_loss)
+    for a, b in zip(plain_grads, checkpointed_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_next_token_logprobs(lm):
     example = ask("What colour is the circle?", frames(4, seed=6), "n1")
     got = lm.next_token_logprobs([example], [" A", " B"], assistant_prefix="The better answer is")

@@ -142,6 +142,19 @@ def test_video_url_answers_like_generate(judge, server, video_root):
             assert position["bytes"] == list(position["token"].encode())
 
 
+def test_token_bytes_are_the_tokens_own():
+    from vlm_rlaif.serve.generation import token_text
+
+    tokenizer = train_tokenizer(CORPUS, vocab_size=300)
+    pieces = [token_text(tokenizer, i) for i in tokenizer("é", add_special_tokens=False)["input_ids"]]
+    assert len(pieces) == 2  # one byte each: neither is text on its own
+    assert b"".join(p.utf8 for p in pieces) == "é".encode()
+    [space_a] = [token_text(tokenizer, i) for i in tokenizer(" A", add_special_tokens=False)["input_ids"]]
+    assert (space_a.text, space_a.utf8) == (" A", b" A")
+    eos = token_text(tokenizer, tokenizer.eos_token_id)
+    assert (eos.text, eos.utf8) == ("</s>", b"</s>")
+
+
 def test_models_route_and_bad_requests(server, video_root, tmp_path):
     with urllib.request.urlopen(server.url + "/models", timeout=10) as response:
         assert json.loads(response.read())["data"][0]["id"] == "tiny-judge"

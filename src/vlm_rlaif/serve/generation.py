@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
@@ -21,13 +22,21 @@ DEFAULT_FRAMES = 8  # when the model records no frame count of its own
 
 
 @dataclass
+class TokenText:
+    """One token as text, and as its own bytes (part of a UTF-8 character, for some tokens)."""
+
+    token_id: int
+    text: str
+    utf8: bytes
+
+
+@dataclass
 class TokenLogprob:
     """A generated token, its log-probability and the most likely tokens at its position."""
 
-    token_id: int
-    token: str
+    token: TokenText
     logprob: float
-    top: list[tuple[int, str, float]] = field(default_factory=list)  # (id, text, logprob), best first
+    top: list[tuple[TokenText, float]] = field(default_factory=list)  # best first
 
 
 @dataclass
@@ -95,15 +104,12 @@ def complete(
     batch = lm.collate([example], add_generation_prompt=True, visual="features")
     inputs = lm.model_inputs(batch)
     inputs.pop("position_ids")  # generate derives them step by step
-    want_logprobs = top_logprobs is not None
+    config = generation_config(lm, settings, stop)
+    config.return_dict_in_generate = True
+    config.output_logits = top_logprobs is not None
     with lm.eval_mode(), _seeded(settings.seed, lm.device):
         output = lm.unwrapped_model.generate(
-            **inputs,
-            generation_config=generation_config(lm, settings, stop),
-            streamer=streamer,
-            return_dict_in_generate=True,
-            output_logits=want_logprobs,
-            tokenizer=lm.tokenizer if stop else None,
+            **inputs, generation_config=config, streamer=streamer, tokenizer=lm.tokenizer if stop else None
         )
     prompt_length = batch["input_ids"].shape[1]
     new_ids = output.sequences[0, prompt_length:].tolist()
@@ -116,7 +122,7 @@ def complete(
         text = text[:stopped_at]
     finish = "stop" if ended or stopped_at >= 0 else "length"
     logprobs = None
-    if want_logprobs:
+    if top_logprobs is not None:
         logprobs = [
             _token_logprob(lm, step_logits[0], token_id, top_logprobs)
             for step_logits, token_id in zip(output.logits, new_ids)
@@ -129,8 +135,28 @@ def _token_logprob(lm: VideoLM, logits: torch.Tensor, token_id: int, k: int) -> 
     top = []
     if k > 0:
         values, ids = logprobs.topk(k)
-        top = [(i, lm.tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist())]
-    return TokenLogprob(token_id, lm.tokenizer.decode([token_id]), float(logprobs[token_id]), top)
+        top = [(token_text(lm.tokenizer, i), v) for i, v in zip(ids.tolist(), values.tolist())]
+    return TokenLogprob(token_text(lm.tokenizer, token_id), float(logprobs[token_id]), top)
+
+
+def token_text(tokenizer, token_id: int) -> TokenText:
+    """A token's text (as decoded alone) and its bytes: byte-level BPE tokens (GPT-2, Qwen, ours) map
+    back to their exact bytes, which may be part of a UTF-8 character; others give their text's UTF-8."""
+    text = tokenizer.decode([token_id])
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    byte_level = type(decoder).__name__ == "ByteLevel" and token_id not in tokenizer.all_special_ids
+    byte_of = _byte_decoder()
+    if byte_level and all(c in byte_of for c in piece):
+        return TokenText(token_id, text, bytes(byte_of[c] for c in piece))
+    return TokenText(token_id, text, text.encode("utf-8"))
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {character: byte for byte, character in bytes_to_unicode().items()}
 
 
 @contextmanager
@@ -148,8 +174,10 @@ __all__ = [
     "Completion",
     "DEFAULT_FRAMES",
     "TokenLogprob",
+    "TokenText",
     "complete",
     "default_num_frames",
     "generation_config",
     "load_for_generation",
+    "token_text",
 ]

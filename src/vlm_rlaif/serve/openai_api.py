@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from vlm_rlaif.models import GenerationSettings, VideoExample
-from vlm_rlaif.serve.generation import Completion
+from vlm_rlaif.serve.generation import Completion, TokenText
 
 MAX_TOP_LOGPROBS = 20
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -254,7 +254,7 @@ def completion_response(completion: Completion, *, model: str, fingerprint: str)
             "content": [
                 {
                     **_token_entry(entry.token, entry.logprob),
-                    "top_logprobs": [_token_entry(text, value) for _, text, value in entry.top],
+                    "top_logprobs": [_token_entry(token, value) for token, value in entry.top],
                 }
                 for entry in completion.logprobs
             ]
@@ -282,8 +282,8 @@ def completion_response(completion: Completion, *, model: str, fingerprint: str)
     }
 
 
-def _token_entry(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+def _token_entry(token: TokenText, logprob: float) -> dict:
+    return {"token": token.text, "logprob": logprob, "bytes": list(token.utf8)}
 
 
 def models_response(model: str, created: int) -> dict:
