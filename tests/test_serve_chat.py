@@ -125,7 +125,8 @@ def test_a_served_model_judges_through_chat_client(judge, server):
 def test_video_url_answers_like_generate(judge, server, video_root):
     frames = load_video(str(video_root / "red.mp4"), num_frames=FRAMES).frames
     expected = judge.generate([VideoExample([{"role": "user", "content": QUESTION}], frames)], GenerationSettings(max_new_tokens=4, temperature=0))
-    for url in ("red.mp4", (video_root / "red.mp4").as_uri()):
+    inline = "data:video/mp4;base64," + base64.b64encode((video_root / "red.mp4").read_bytes()).decode()
+    for url in ("red.mp4", (video_root / "red.mp4").as_uri(), inline):
         status, reply = post(server, {
             "model": "anything",
             "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": QUESTION}]}],

@@ -1,7 +1,8 @@
 """The OpenAI chat-completions wire format of `vlm-rlaif serve`: requests in, responses out.
 
 Requests follow POST /v1/chat/completions (model, messages, temperature, top_p, max_tokens or
-max_completion_tokens, logprobs, top_logprobs, seed, stop; n must be 1, stream false). Message
+max_completion_tokens, logprobs, top_logprobs, seed, stop; n must be 1, stream false; any other
+field is refused). `model` may be any name: the reply carries the served model's name. Message
 content is a string or a list of parts:
 - {"type": "text", "text": ...}
 - {"type": "image_url", "image_url": {"url": ...}}: the image parts of one message are the frames
