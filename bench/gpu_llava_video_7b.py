@@ -174,6 +174,12 @@ def main() -> int:
         seconds, peak, _ = timed(step, device, repeats)
         report("lora", mode, seconds, peak, "tokens/s", train_tokens)
 
+    seconds_of = {(row["phase"], row["mode"]): row["seconds"] for row in rows}
+    speedups = [
+        f"{phase} x{seconds_of[phase, 'frames'] / seconds_of[phase, 'cached']:.2f}"
+        for phase in ("forward", "generate", "lora")
+    ]
+    print("feature cache speed-up (frames time / cached time): " + ", ".join(speedups))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     context = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
