@@ -324,3 +324,21 @@ def test_data_parallel_wrapper_keeps_the_interface(tokenizer, tmp_path):
             lm.response_logprobs([ask("q", frames(3), "ddp")], [[40]])
     finally:
         dist.destroy_process_group()
+
+
+def test_a_shared_empty_feature_cache_is_kept(lm):
+    # An empty FeatureCache is falsy; it must still be the cache the model uses (and shares).
+    from vlm_rlaif.models.feature_cache import FeatureCache
+
+    shared = FeatureCache()
+    other = type(lm)(lm.model, lm.processor, feature_cache=shared)
+    assert other.feature_cache is shared
+    other.encode_video(frames(4), video_key="v@u4")
+    assert len(shared) == 1
+    assert other.frozen_copy().feature_cache is shared
+
+
+def test_hidden_states_ignore_labels(lm):
+    batch = lm.collate([chat("What colour is the circle?", "The circle is red.", frames(4))])
+    assert "labels" in batch
+    assert torch.equal(lm.hidden_states(batch), lm.hidden_states({k: v for k, v in batch.items() if k != "labels"}))

@@ -39,7 +39,7 @@ def load_model(spec: ModelSpec, feature_cache_bytes: int = FEATURE_CACHE_BYTES):
 
     lm = load_adapter_model(spec.path, device=spec.device, dtype=spec.dtype, feature_cache=FeatureCache(feature_cache_bytes))
     if spec.lora:
-        lm.load_lora(spec.lora, "eval")
+        lm.load_lora(spec.lora, "evaluated")  # not "eval": peft models have an .eval attribute
     return lm
 
 

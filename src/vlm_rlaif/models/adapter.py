@@ -133,7 +133,11 @@ class VideoLM:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         # True: a private in-memory cache; False: none; or a (shared, possibly on-disk) FeatureCache.
-        self.feature_cache = FeatureCache() if feature_cache is True else (feature_cache or None)
+        # An empty FeatureCache is falsy (it has __len__): test the type, not the truth value.
+        if isinstance(feature_cache, FeatureCache):
+            self.feature_cache = feature_cache
+        else:
+            self.feature_cache = FeatureCache() if feature_cache else None
         self._lora_trainable: dict[str, bool] = {}  # adapter name -> trains when active
         self._fingerprint_memo: tuple[tuple, str] | None = None
 
@@ -444,7 +448,9 @@ class VideoLM:
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Final-layer hidden states of the language model (B, L, hidden_size), after its final norm."""
         # logits_to_keep=1: the vocabulary projection is not needed, only the hidden states.
-        return self.forward(batch, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        # Labels would make the model compute a loss over the single kept logit: drop them.
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.forward(inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
     def logprobs_of_responses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Log-probabilities (B, R) of the response tokens of a `collate_with_responses` batch (0 on
