@@ -84,3 +84,15 @@ def test_save_round_trip(tmp_path):
     again = load_config(Stage, tmp_path / "config.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(cfg)
+
+
+def test_recipe_variables(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run_dir: runs/toy\nsft:\n  output_dir: ${run_dir}/sft\n  files: ['${run_dir}/a.json']\n")
+    cfg = load_config(Stage, recipe, section="sft")
+    assert cfg.output_dir == Path("runs/toy/sft") and cfg.files == ["runs/toy/a.json"]
+    cfg = load_config(Stage, recipe, ["note=${run_dir}/x"], section="sft", variables={"run_dir": "/tmp/r"})
+    assert cfg.output_dir == Path("/tmp/r/sft") and cfg.note == "/tmp/r/x"
+    recipe.write_text("sft:\n  note: ${nope}\n")
+    with pytest.raises(ConfigError, match=r"unknown variable \$\{nope\}"):
+        load_config(Stage, recipe, section="sft")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -27,13 +28,16 @@ def load_config(
     overrides: list[str] | None = None,
     *,
     section: str | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> T:
     """Build `cls` from YAML at `path` (optional) plus `overrides` ("a.b=value" strings).
 
     If the YAML's top level has a mapping under `section` (a recipe file holding several stages), only
-    that mapping is used.
+    that mapping is used. Strings may refer to `${name}`: a top-level scalar of the file (a recipe's
+    `run_dir`, say), or an entry of `variables`, which wins (the pipeline sets run_dir this way).
     """
     data: dict = {}
+    scope: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -42,12 +46,36 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
         if section and isinstance(loaded.get(section), dict):
+            scope = {k: v for k, v in loaded.items() if isinstance(v, (str, int, float))}
             loaded = loaded[section]
         data = loaded
+    scope.update(variables or {})
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-    return from_dict(cls, data, where=str(path) if path else "config")
+    where = str(path) if path else "config"
+    return from_dict(cls, _substitute(data, scope, where), where=where)
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(node: Any, scope: dict[str, Any], where: str) -> Any:
+    """Replace ${name} in every string of a loaded config."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, scope, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, scope, where) for v in node]
+    if isinstance(node, str):
+
+        def value(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in scope:
+                raise ConfigError(f"{where}: unknown variable ${{{name}}} (known: {', '.join(sorted(scope)) or 'none'})")
+            return str(scope[name])
+
+        return _VARIABLE.sub(value, node)
+    return node
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
