@@ -59,7 +59,8 @@ def world(tmp_path_factory):
 
 
 def pairs_of(world, count=2) -> list[PreferencePair]:
-    dataset = PreferenceDataset(read_preference_file(world / "prefs.jsonl")[:count], FrameStore(world, FrameSampling(NUM_FRAMES)))
+    records = read_preference_file(world / "prefs.jsonl")[:count]
+    dataset = PreferenceDataset(records, FrameStore(world, FrameSampling(NUM_FRAMES)))
     return [dataset[i] for i in range(count)]
 
 

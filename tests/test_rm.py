@@ -175,7 +175,8 @@ def test_save_load_and_rm_score_give_the_training_runs_scores(trained, world, tm
     assert by_question.tolist() == pytest.approx(scores.tolist(), abs=1e-5)
 
     out = tmp_path / "scores.jsonl"
-    assert cli_main(["rm", "score", "--rm", str(run / "model"), "--records", str(world / "prefs.jsonl"), "--out", str(out)]) == 0
+    score = ["rm", "score", "--records", str(world / "prefs.jsonl"), "--out", str(out)]
+    assert cli_main([*score, "--rm", str(run / "model")]) == 0
     scored = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(scored) == NUM_VIDEOS
     for h in heldout:
@@ -183,7 +184,7 @@ def test_save_load_and_rm_score_give_the_training_runs_scores(trained, world, tm
         assert scored[h["id"]]["reward_2"] == pytest.approx(h["reward_2"], abs=1e-5)
         assert scored[h["id"]]["correct"] == h["correct"]
     # A second run finds every record scored and appends nothing.
-    assert cli_main(["rm", "score", "--rm", str(run), "--records", str(world / "prefs.jsonl"), "--out", str(out)]) == 0
+    assert cli_main([*score, "--rm", str(run)]) == 0
     assert len(out.read_text().splitlines()) == NUM_VIDEOS
 
 
@@ -254,7 +255,8 @@ def test_the_input_ends_with_the_score_prefix_and_excludes_the_context(world):
     evaluation = load_prompt("rm_evaluation").text
     for text, answer in zip(texts, [pair.chosen, pair.rejected]):
         assert text.endswith(f"USER: {evaluation} ASSISTANT: Score:")
-        assert f"USER: {QUESTION} ASSISTANT: {answer}</s>USER: {evaluation}" in text.replace("\n", " ").replace("  ", " ")
+        flat = text.replace("\n", " ").replace("  ", " ")
+        assert f"USER: {QUESTION} ASSISTANT: {answer}</s>USER: {evaluation}" in flat
         assert "secret context" not in text
     # Scoring builds the very same input as training.
     same = rm.collate([pair.prompt], [pair.chosen])
@@ -280,7 +282,8 @@ def test_the_public_layout_loads_with_frame_images_and_a_trailing_answer(world, 
         "preference": 2,
     }]
     (tmp_path / "RM_public.json").write_text(json.dumps(public, indent=1))
-    dataset = PreferenceDataset(read_preference_file(tmp_path / "RM_public.json"), FrameStore(tmp_path, FrameSampling(NUM_FRAMES)))
+    records = read_preference_file(tmp_path / "RM_public.json")
+    dataset = PreferenceDataset(records, FrameStore(tmp_path, FrameSampling(NUM_FRAMES)))
     pair = dataset[0]
     assert pair.prompt.conversation == [{"role": "user", "content": QUESTION}]
     assert pair.chosen == "The video is red." and pair.rejected == "The video is blue."
@@ -311,7 +314,7 @@ def test_bad_records_are_errors_naming_file_and_line(tmp_path, change, message):
 
 def test_bad_prompts_and_missing_videos_fail_before_training(world, tmp_path):
     record = pair_record(0, "red", 1, "v0.mp4")
-    record["conversations"] = [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}]
+    record["conversations"] = [{"from": speaker, "value": "x"} for speaker in ("human", "gpt", "gpt")]
     missing = pair_record(1, "red", 1, "nowhere.mp4")
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(record) + "\n")
@@ -376,8 +379,8 @@ def test_oracle_metrics_compare_reward_choices_and_labels_with_the_toy_oracle(tm
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     sourced = read_preference_file(path)
     # The reward model prefers the right answer in pairs 0 and 1, the wrong one in pair 2, ties pair 3.
-    results = [{"reward_1": 1.0, "reward_2": 0.0}, {"reward_1": 2.0, "reward_2": 1.0},
-               {"reward_1": 0.0, "reward_2": 1.0}, {"reward_1": 0.5, "reward_2": 0.5}, {"reward_1": 0.0, "reward_2": 1.0}]
+    rewards = ((1.0, 0.0), (2.0, 1.0), (0.0, 1.0), (0.5, 0.5), (0.0, 1.0))
+    results = [{"reward_1": r1, "reward_2": r2} for r1, r2 in rewards]
     metrics = oracle_metrics(results, sourced, tmp_path / "toy")
     assert metrics["pairs_without_toy_metadata"] == 1
     assert (metrics["reward_model"]["n"], metrics["reward_model"]["agree"]) == (3, 2)  # the tie is left out

@@ -274,7 +274,9 @@ class RewardModel:
                 raise UserError(
                     f"{directory}: base model directory {base} does not exist (moved? pass base_model= / --base-model)"
                 )
-            lm = load_adapter_model(base, device=device, dtype=dtype, quantization=quantization, feature_cache=feature_cache)
+            lm = load_adapter_model(
+                base, device=device, dtype=dtype, quantization=quantization, feature_cache=feature_cache
+            )
         elif info.get("family") and lm.family != info["family"]:
             raise UserError(f"{directory}: trained on a {info['family']} model, got a {lm.family} model")
         scalar = ScalarModel.load(directory, lm, lora_name=adapter_name, trainable=trainable)
@@ -298,7 +300,9 @@ def reward_model_directory(directory: str | os.PathLike) -> Path:
     if not directory.is_dir():
         raise UserError(f"{directory}: no such reward model directory")
     if (directory / "summary.json").is_file() or (directory / "run.json").is_file():
-        raise UserError(f"{directory}: this run has not saved a reward model yet (no {MODEL_SUBDIR}/{REWARD_INFO_FILE})")
+        raise UserError(
+            f"{directory}: this run has not saved a reward model yet (no {MODEL_SUBDIR}/{REWARD_INFO_FILE})"
+        )
     raise UserError(f"{directory} is not a reward model directory (no {REWARD_INFO_FILE}, no {INFO_FILE})")
 
 

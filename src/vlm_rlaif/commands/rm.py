@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--out", help="training: output directory (overrides 'out'); score: the JSONL results file")
-    parser.add_argument("--overwrite", action="store_true", help="training: replace a finished run in the output directory")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="training: replace a finished run in the output directory"
+    )
     score = parser.add_argument_group("score (vlm-rlaif rm score ...)")
     score.add_argument("--rm", help="a trained reward model: its directory or the rm run directory")
     score.add_argument("--records", help="preference or instruction records (JSON array or JSONL)")

@@ -91,7 +91,9 @@ class DPOConfig:
     data: DPODataSettings = field(default_factory=DPODataSettings)
     tune: DPOTuneSettings = field(default_factory=DPOTuneSettings)
     train: TrainSettings = field(
-        default_factory=lambda: TrainSettings(batch_size=8, lr=5e-6, schedule="cosine", warmup_ratio=0.1, save_every=100)
+        default_factory=lambda: TrainSettings(
+            batch_size=8, lr=5e-6, schedule="cosine", warmup_ratio=0.1, save_every=100
+        )
     )
 
     def __post_init__(self):
@@ -210,7 +212,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     )
     num_frames = data.num_frames or getattr(lm.processor, "num_frames", 0)
     if not num_frames:
-        raise ConfigError("dpo: data.num_frames is 0 and the model's processor names no frame count; set data.num_frames")
+        raise ConfigError("dpo: data.num_frames is 0 and the model's processor names no frame count; set it")
     torch.manual_seed(settings.seed)  # the adapter's initialisation
     tune = config.tune
     reference = None
@@ -218,8 +220,8 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
         reference = Reference(lm)  # copied before anything trains
         lm.set_trainable(language_model=True)
     else:
-        settings_lora = LoraSettings(r=tune.lora_r, alpha=tune.lora_alpha, dropout=tune.lora_dropout, targets=tune.lora_targets)
-        lm.add_lora(ADAPTER_NAME, settings_lora)
+        lora = LoraSettings(r=tune.lora_r, alpha=tune.lora_alpha, dropout=tune.lora_dropout, targets=tune.lora_targets)
+        lm.add_lora(ADAPTER_NAME, lora)
         reference = Reference(lm)
     if config.model.gradient_checkpointing:
         lm.enable_gradient_checkpointing()
@@ -235,7 +237,8 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     if any(dropped.values()):
         log.warning("dpo: dropped %d pairs with identical outputs and %d over %d text tokens",
                     dropped["identical_outputs"], dropped["too_long"], data.max_text_tokens)
-    train_records, heldout = split_heldout([records[i] for i in keep], data.eval_pairs, data.eval_fraction, settings.seed)
+    usable = [records[i] for i in keep]
+    train_records, heldout = split_heldout(usable, data.eval_pairs, data.eval_fraction, settings.seed)
     if not train_records:
         raise UserError("dpo: no training pairs left after dropping and holding out pairs")
     train_set = PreferenceDataset(train_records, store)

@@ -167,7 +167,9 @@ def read_preference_file(path: str | Path) -> list[SourcedPreference]:
         try:
             record = PreferenceRecord.model_validate(raw)
         except ValidationError as err:
-            fields = "; ".join(f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors())
+            fields = "; ".join(
+                f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors()
+            )
             raise RecordError(f"{where}: {fields}") from None
         records.append(SourcedPreference(record, where))
     return records
@@ -362,7 +364,12 @@ def answer_rows(dataset: InstructionDataset) -> Callable[[int], ScoringRow]:
 
 @torch.no_grad()
 def score_rows(
-    rm: RewardModel, row: Callable[[int], ScoringRow], ids: Sequence[str], *, batch_size: int = 16, out: Path | None = None
+    rm: RewardModel,
+    row: Callable[[int], ScoringRow],
+    ids: Sequence[str],
+    *,
+    batch_size: int = 16,
+    out: Path | None = None,
 ) -> list[dict]:
     """Score rows 0..len(ids)-1 (batch_size rows per step); one result dict per row, in order.
 
@@ -396,12 +403,11 @@ def _result(row: ScoringRow, rewards: list[float]) -> dict:
     if len(rewards) == 1:
         return {"id": row.id, "reward": rewards[0]}
     reward_1, reward_2 = rewards
+    higher = _higher(reward_1, reward_2)
     if row.preference is None:
         correct = None
-    elif reward_1 == reward_2:
-        correct = 0.5
     else:
-        correct = float((reward_1 > reward_2) == (row.preference == 1))
+        correct = 0.5 if higher is None else float(higher == row.preference)
     return {"id": row.id, "reward_1": reward_1, "reward_2": reward_2, "preference": row.preference, "correct": correct}
 
 
@@ -410,7 +416,9 @@ def _resume(out: Path, ids: Sequence[str]) -> list[dict]:
         return []
     done = [obj for _, obj in iter_raw(out, repair=True)]
     if len(done) > len(ids):
-        raise UserError(f"{out} holds {len(done)} results but there are only {len(ids)} records; choose another output file")
+        raise UserError(
+            f"{out} holds {len(done)} results but there are only {len(ids)} records; choose another output file"
+        )
     for index, result in enumerate(done):
         expected = ids[index]
         if str(result.get("id")) != expected:
@@ -479,15 +487,25 @@ def oracle_metrics(results: Sequence[dict], records: Sequence[SourcedPreference]
     from vlm_rlaif.feedback.agreement import OracleReference, agreement
 
     reference = OracleReference(toy_root)
-    toy = [(result, sourced.record, (sourced.record.model_extra or {}).get("toy")) for result, sourced in zip(results, records)]
-    scored = [(result, record, meta) for result, record, meta in toy if meta is not None]
+    scored = []
+    for result, sourced in zip(results, records):
+        meta = (sourced.record.model_extra or {}).get("toy")
+        if meta is not None:
+            scored.append((result, sourced.record, meta))
     oracle = [reference.compare(meta, record.output_1.value, record.output_2.value) for _, record, meta in scored]
-    chosen = [None if r["reward_1"] == r["reward_2"] else 1 if r["reward_1"] > r["reward_2"] else 2 for r, _, _ in scored]
+    chosen = [_higher(r["reward_1"], r["reward_2"]) for r, _, _ in scored]
     return {
         "reward_model": agreement(chosen, oracle),
         "labels": agreement([record.preference for _, record, _ in scored], oracle),
-        "pairs_without_toy_metadata": len(toy) - len(scored),
+        "pairs_without_toy_metadata": len(results) - len(scored),
     }
+
+
+def _higher(reward_1: float, reward_2: float) -> int | None:
+    """1 or 2: the output with the higher reward; None for a tie."""
+    if reward_1 == reward_2:
+        return None
+    return 1 if reward_1 > reward_2 else 2
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -527,7 +545,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     )
     num_frames = data.num_frames or getattr(lm.processor, "num_frames", 0)
     if not num_frames:
-        raise ConfigError("rm: data.num_frames is 0 and the model's processor names no frame count; set data.num_frames")
+        raise ConfigError("rm: data.num_frames is 0 and the model's processor names no frame count; set it")
     torch.manual_seed(settings.seed)  # the adapter's and the head's initialisation
     rm = RewardModel.create(
         lm,
@@ -550,7 +568,8 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     if any(dropped.values()):
         log.warning("rm: dropped %d pairs with identical outputs and %d over %d text tokens",
                     dropped["identical_outputs"], dropped["too_long"], data.max_text_tokens)
-    train_records, heldout = split_heldout([records[i] for i in keep], data.eval_pairs, data.eval_fraction, settings.seed)
+    usable = [records[i] for i in keep]
+    train_records, heldout = split_heldout(usable, data.eval_pairs, data.eval_fraction, settings.seed)
     if not train_records:
         raise UserError("rm: no training pairs left after dropping and holding out pairs")
     train_set = PreferenceDataset(train_records, store)
