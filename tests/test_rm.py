@@ -385,3 +385,28 @@ def test_oracle_metrics_compare_reward_choices_and_labels_with_the_toy_oracle(tm
     assert metrics["pairs_without_toy_metadata"] == 1
     assert (metrics["reward_model"]["n"], metrics["reward_model"]["agree"]) == (3, 2)  # the tie is left out
     assert (metrics["labels"]["n"], metrics["labels"]["agree"]) == (4, 3)
+
+
+def test_a_killed_run_resumes_to_the_same_reward_model(world):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def run(out, **kwargs):
+        config = from_dict(RMConfig, {
+            "out": str(out), "model": {"path": str(world / "sft")},
+            "data": {"files": ["prefs.jsonl"], "root": str(world), "eval_pairs": 8}, "lora": {"r": 8, "alpha": 16},
+            "train": {"batch_size": 4, "lr": 3e-3, "max_steps": 4, "save_every": 2, "keep_checkpoints": 3},
+        })
+        return run_rm(config, **kwargs)
+
+    run(world / "whole")
+    run(world / "killed")
+    # As if killed after step 2: the last checkpoint, the saved model and the summary never written.
+    shutil.rmtree(world / "killed" / "checkpoints" / "step_00000004")
+    shutil.rmtree(world / "killed" / "model")
+    (world / "killed" / "summary.json").unlink()
+    assert run(world / "killed")["resumed_from_step"] == 2
+    for name in ("scalar_head.safetensors", "lora/adapter_model.safetensors"):
+        whole, resumed = load_file(world / "whole" / "model" / name), load_file(world / "killed" / "model" / name)
+        assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
