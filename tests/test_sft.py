@@ -127,6 +127,21 @@ def test_multi_turn_labels_token_by_token(world, tiny_lm, tmp_path):
     assert question.lstrip().startswith("What colour is the square?") and "<video>" not in question
 
 
+def test_each_video_is_decoded_once(world, monkeypatch):
+    import vlm_rlaif.data.frames as frames_module
+
+    decoded = []
+    real_load = frames_module.load_video
+    monkeypatch.setattr(frames_module, "load_video", lambda source, **kw: decoded.append(source) or real_load(source, **kw))
+    records = read_instruction_file(world / "sft" / "short.json") + read_instruction_file(world / "sft" / "long.json")
+    dataset = InstructionDataset(records, FrameStore(world, FrameSampling(FRAMES, 4)))
+    for _ in range(2):  # two epochs, clip records included
+        examples = [dataset[i] for i in range(len(dataset))]
+    assert len(decoded) == len(set(decoded)) == 5
+    clip = next(e for e, s in zip(examples, records) if s.record.clip is not None)
+    assert clip.video.shape[0] == 4 and clip.video_key.endswith("/clip1of2")
+
+
 def test_video_reaches_the_loss_forward_with_grad(world, tiny_lm):
     records = read_instruction_file(world / "sft" / "short.json")
     dataset = InstructionDataset(records, FrameStore(world, FrameSampling(FRAMES, 4)))
@@ -234,7 +249,7 @@ def test_resume_after_kill_matches_the_uninterrupted_run(full_run, world, tmp_pa
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump({"sft": config_dict(world, reference_out)}))
     command = [sys.executable, "-m", "vlm_rlaif.cli", "sft", "--config", str(config), "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list((out / "checkpoints").glob("step_????????")) and process.poll() is None and time.time() < deadline:

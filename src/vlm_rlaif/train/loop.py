@@ -17,7 +17,9 @@ step's gradient is the mean of its micro-batches' gradients, whichever process c
 the accumulation the gradients are summed across processes with all-reduce (not a DDP wrapper: the
 caller's loss_fn reaches the model through its own adapter methods, which a wrapper cannot
 intercept). A 1-process run with grad_accum=2 and a 2-process run with grad_accum=1 therefore take
-the same steps.
+the same steps. Launch with `accelerate launch --multi_gpu --num_processes N ...` (torchrun; on a
+machine without GPUs the N processes run on the CPU with gloo; `--cpu` alone starts one process).
+FSDP and DeepSpeed ZeRO are not supported: they need the forward to run through their wrapper.
 
 Checkpoints: <run>/checkpoints/step_<N>/ holds trainable.safetensors (the requires_grad parameters by
 name: a LoRA adapter and whatever else trains, or the full weights), optimizer.pt, scheduler.pt,
