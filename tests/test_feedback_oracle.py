@@ -132,3 +132,20 @@ def _judgment(p_first, p_second):
         "preference": (1 if p_first > 0.5 else 2) if status == "kept" else None,
         "orders_agree": status == "kept",
     }
+
+
+def test_measurement_reuses_the_feedback_stage_pairs(toy, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("vlm_rlaif.feedback.pipeline.sample_candidates", _scripted_candidates(toy))
+    oracle_judge = JudgeSettings(kind="oracle")
+    config = make_config(model_dir, toy, tmp_path / "run", prompts=toy / "rl" / "prompts.json", judge=oracle_judge)
+    summary = run_feedback(config)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the measurement must reuse the feedback stage's candidates")
+
+    monkeypatch.setattr("vlm_rlaif.feedback.pipeline.sample_candidates", no_sampling)
+    measure_config = make_config(model_dir, toy, tmp_path / "measure", prompts=config.prompts, judge=oracle_judge)
+    measured = measure_context(measure_config, reuse_from=tmp_path / "run")
+    judged = {json.loads(line)["id"] for line in (tmp_path / "run" / "judgments.jsonl").read_text().splitlines()}
+    rows = [json.loads(line) for line in (tmp_path / "measure" / "measure_context.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in rows} == judged and measured["pairs"] == summary["pairs_judged"]

@@ -14,14 +14,24 @@ appended to measure_context.jsonl as soon as its chunk is judged.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from vlm_rlaif.data import JsonlWriter, iter_raw
 from vlm_rlaif.errors import RecordError
 from vlm_rlaif.feedback.agreement import OracleReference, agreement, paired_difference
 from vlm_rlaif.feedback.config import FeedbackConfig
-from vlm_rlaif.feedback.pipeline import FeedbackRunner, Pair, chunked, load_prompts, toy_meta
+from vlm_rlaif.feedback.pipeline import (
+    CANDIDATES_FILE,
+    CONTEXTS_FILE,
+    FeedbackRunner,
+    Pair,
+    chunked,
+    load_prompts,
+    toy_meta,
+)
 from vlm_rlaif.feedback.preferences import side
 from vlm_rlaif.rundir import RunDir
 
@@ -31,11 +41,20 @@ MEASURE_FILE = "measure_context.jsonl"
 CONDITIONS = ("context", "no_context")
 
 
-def measure_context(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
-    """Judge every pair with and without context; summary.json holds the comparison."""
+def measure_context(config: FeedbackConfig, *, overwrite: bool = False, reuse_from: str | Path | None = None) -> dict:
+    """Judge every pair with and without context; summary.json holds the comparison.
+
+    reuse_from: a finished feedback run with the same policy, prompts and sampling settings; its
+    candidates and clip contexts are copied in first, so exactly the pairs that stage judged are
+    measured (and nothing is sampled or described again).
+    """
     config.check()
     prompts = load_prompts(config.prompts, config.max_prompts)
     run = RunDir.open(config.out, "feedback-measure-context", config, config.seed, overwrite=overwrite)
+    if reuse_from is not None and not run.resumed:
+        for name in (CANDIDATES_FILE, CONTEXTS_FILE):
+            if (Path(reuse_from) / name).exists():
+                shutil.copyfile(Path(reuse_from) / name, run.path / name)
     started = time.perf_counter()
     runner = FeedbackRunner(config, run.path)
     reference = OracleReference(runner.toy_root())
