@@ -118,7 +118,7 @@ class RunDir:
                         f"{path} holds a '{info.get('stage')}' run, not a '{stage}' run"
                     )
                 saved = yaml.safe_load((path / "config.yaml").read_text())
-                changed = _diff_keys(saved, cfg)
+                changed = changed_keys(saved, cfg)
                 if changed:
                     raise RunDirError(
                         f"{path} holds an unfinished run with a different config "
@@ -187,10 +187,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+def changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+            out += changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
