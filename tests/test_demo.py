@@ -1,0 +1,86 @@
+"""The demo end to end at --quick size (the CI smoke run), its report, resume after a kill, and the
+pipeline's reuse / redo rules."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vlm_rlaif.demo import run_demo, toy_recipe_path
+from vlm_rlaif.errors import RunDirError
+from vlm_rlaif.pipeline import STAGES, Recipe, quick_overrides, run_pipeline, stage_overrides
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    report = run_demo(out, quick=True, seed=0)
+    return out, report
+
+
+def test_quick_demo_runs_every_stage_and_reports(quick_run):
+    out, report = quick_run
+    text = report.read_text()
+    for stage in STAGES:
+        assert (out / ("world/manifest.json" if stage == "toyworld" else f"{stage}/summary.json")).exists(), stage
+    for heading in ("Does the clip context", "AI feedback", "Reward model", "PPO", "SFT vs RLAIF", "Sample answers"):
+        assert heading in text
+    assert "Quick run" in text
+    for png in ("judge_context.png", "ppo_curves.png", "eval_scores.png"):
+        assert (out / png).stat().st_size > 1000
+    comparison = json.loads((out / "comparison.json").read_text())
+    qa = next(row for row in comparison if row["measure"].startswith("QA accuracy"))
+    assert set(qa["models"]) == {"sft", "policy_init", "rlaif"} and set(qa["vs_baseline"]) == {"policy_init", "rlaif"}
+
+
+def test_rerun_reuses_finished_stages_and_says_so(quick_run):
+    out, _ = quick_run
+    statuses = {}
+    report = run_demo(out, quick=True, seed=0, on_stage=lambda r: statuses.update({r.name: r.status}))
+    assert set(statuses.values()) == {"reused"}
+    assert "continued earlier work" in report.read_text()
+    assert len((out / "demo_history.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_changed_config_is_refused_then_redone_with_later_stages(quick_run, tmp_path):
+    out, _ = quick_run
+    recipe = toy_recipe_path()
+    overrides = quick_overrides(recipe)
+    overrides["rm"] = overrides.get("rm", []) + ["center_coef=0.01"]
+    changed = Recipe(recipe, {"run_dir": str(out), "seed": 0}, overrides)
+    with pytest.raises(RunDirError, match="stage rm .* finished with a different config .*center_coef.*--redo rm"):
+        run_pipeline(changed, only=["rm"])
+    statuses = {r.name: r.status for r in run_pipeline(changed, only=["rm", "ppo"], redo=["rm"])}
+    assert statuses == {"rm": "redone", "ppo": "redone"}
+
+
+def test_stage_overrides_parse():
+    assert stage_overrides(["sft.train.lr=1e-3", "ppo.seed=2"]) == {"sft": ["train.lr=1e-3"], "ppo": ["seed=2"]}
+    with pytest.raises(Exception, match="must start with a stage name"):
+        stage_overrides(["train.lr=1e-3"])
+
+
+def test_demo_resumes_after_a_kill(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "vlm_rlaif.cli", "demo", "--quick", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "sft" / "summary.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (out / "sft" / "summary.json").exists(), "the demo did not finish SFT"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[demo] ")]
+    statuses = dict(line.split()[1:3] for line in lines if len(line.split()) >= 3 and line.split()[1] in STAGES)
+    assert statuses["toyworld"] == "reused" and statuses["sft"] == "reused"
+    assert statuses["eval"] in ("ran", "resumed")
+    assert "continued earlier work" in (out / "report.md").read_text()
