@@ -207,3 +207,15 @@ def test_check_record_loads_truth_from_a_toy_world(tmp_path):
         ORACLE.check_record(tmp_path, {"id": "x"}, "1")
     with pytest.raises(ValueError, match="question type"):
         ORACLE.check(truth, {"qtype": "poem", "params": {"object": obj.id}}, "1")
+
+
+def test_claims_with_and_without_a_subject_in_one_sentence_do_not_crash(tmp_path):
+    # A real model answer that once crashed the repetition check (sorting None against an int).
+    from vlm_rlaif.toyworld import ToyWorldConfig, sample_truth
+
+    truth = sample_truth(ToyWorldConfig(seed=0), 0)
+    answer = ("The right after the middle of the video shows a blue square appears and at the same time the blue "
+              "square bounces off the bottom wall and comes back to the right. In the middle of the video, the "
+              "yellow square turns red. Near the end, the white diamond disappears.")
+    verdict = Oracle().check(truth, {"video_id": "v", "qtype": "describe", "params": {}}, answer)
+    assert verdict.correct in (True, False)

@@ -303,7 +303,7 @@ class Oracle:
     def _repetition(ctx: _Context, parsed: Parsed) -> bool:
         seen: dict[tuple, int] = {}
         for index, text in parsed.sentences.items():
-            said = tuple(sorted((c.kind, str(c.value), c.negated, id(c.subject) if c.subject else None)
+            said = tuple(sorted((c.kind, str(c.value), c.negated, id(c.subject) if c.subject else -1)
                                 for c in parsed.claims if c.sentence == index))
             subjects = tuple(sorted(str(c.subject.key) if c.subject else "-" for c in parsed.claims
                                     if c.sentence == index))
