@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from vlm_rlaif.cli import main
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
-from vlm_rlaif.models import VideoExample, build_tiny_model, load_adapter_model, train_tokenizer
+from vlm_rlaif.models import GenerationSettings, VideoExample, build_tiny_model, load_adapter_model, train_tokenizer
 from vlm_rlaif.models.tiny import SPECIAL_TOKENS, count_parameters, read_corpus
 
 WORDS = "red green blue circle square triangle moves left right up down appears the a is what colour where".split()
@@ -118,3 +118,32 @@ def test_model_init_command(tmp_path, caplog):
     assert load_adapter_model(out).config.num_video_tokens(8) == 8 * 16
     assert main(["model", "init", "--out", str(tmp_path / "x"), "--image-size", "30"]) == 2
     assert main(["model", "init", "--out", str(tmp_path / "y"), "--corpus", str(tmp_path / "nope.json")]) == 2
+
+
+@pytest.mark.parametrize(
+    "arch, video_tokens",
+    [("llava-video", 8 + 16), ("llava-next-video", 8 * 16), ("qwen2.5-vl", 8 // 2 * 16)],
+)
+def test_model_init_each_arch_loads_and_generates(tmp_path, caplog, arch, video_tokens):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the {w} circle moves left" for w in WORDS))
+    out = tmp_path / arch
+    caplog.set_level("INFO", logger="vlm_rlaif.model")
+    command = ["model", "init", "--arch", arch, "--out", str(out), "--corpus", str(corpus), "--vocab-size", "400"]
+    assert main([*command, "--frames", "8"]) == 0
+    assert f"8 frames -> {video_tokens} video tokens" in caplog.text
+    lm = load_adapter_model(out)
+    assert lm.family == arch and len(lm.tokenizer) <= 400
+    video = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    assert lm.num_video_tokens(video) == video_tokens
+    example = VideoExample([{"role": "user", "content": "what colour is the circle"}], video=video)
+    (generation,) = lm.generate([example], GenerationSettings(max_new_tokens=2, temperature=0))
+    assert 1 <= len(generation.token_ids) <= 2
+
+
+@pytest.mark.parametrize("option", [["--patch-size", "4"], ["--pooling", "none"]])
+def test_model_init_llava_video_options_are_refused_for_hf_native(tmp_path, caplog, option):
+    out = tmp_path / "model"
+    assert main(["model", "init", "--arch", "qwen2.5-vl", "--out", str(out), *option]) == 2
+    assert "apply to --arch llava-video only" in caplog.text
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """`vlm-rlaif model ACTION`: create model directories.
 
-  model init     build a tiny/small llava-video model with a tokenizer trained on local texts
+  model init     build a tiny/small model (llava-video, llava-next-video or qwen2.5-vl) with a tokenizer
+                 trained on local texts
   model convert  an original LLaVA checkpoint (or a LoRA adapter trained on one) -> our llava-video format
 """
 
@@ -10,6 +11,9 @@ import argparse
 
 NAME = "model"
 HELP = "create model directories (init: a tiny or small model from scratch; convert: from the original LLaVA layout)"
+# The paper's architecture, then the HF-native families of vlm_rlaif.models.hf_native.tiny (listed here so
+# that building the parser imports no torch).
+INIT_ARCHES = ["llava-video", "llava-next-video", "qwen2.5-vl"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="build a randomly initialised model and a locally trained tokenizer (nothing is downloaded)",
         description="Build a randomly initialised model and a locally trained tokenizer. Nothing is downloaded.",
     )
-    init.add_argument("--arch", choices=["llava-video"], default="llava-video", help="model family")
-    init.add_argument("--size", choices=["tiny", "small"], default="tiny", help="tiny ~1.5M, small ~25M parameters")
+    init.add_argument(
+        "--arch",
+        choices=INIT_ARCHES,
+        default="llava-video",
+        help="model family: llava-video (the paper's architecture) or an HF-native family",
+    )
+    init.add_argument("--size", choices=["tiny", "small"], default="tiny", help="tiny (about 1M) or small (about 20M parameters)")
     init.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     init.add_argument(
         "--corpus",
@@ -32,10 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     init.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (at most)")
     init.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
-    init.add_argument("--frames", type=int, default=24, help="frames per video the model expects")
+    init.add_argument(
+        "--frames", type=int, help="frames per video the model expects (default: 24 for llava-video, else 8)"
+    )
     init.add_argument("--image-size", type=int, default=32, help="frame side in pixels after resizing")
-    init.add_argument("--patch-size", type=int, default=8, help="vision patch side in pixels")
-    init.add_argument("--pooling", choices=["spatiotemporal", "none"], default="spatiotemporal", help="video pooling")
+    init.add_argument("--patch-size", type=int, help="vision patch side in pixels (llava-video only; default 8)")
+    init.add_argument(
+        "--pooling", choices=["spatiotemporal", "none"], help="video pooling (llava-video only; default spatiotemporal)"
+    )
     init.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     init.set_defaults(_model_action=run_init)
 
@@ -69,41 +82,70 @@ def run_init(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    import numpy as np
+
     from vlm_rlaif.errors import ConfigError, UserError
-    from vlm_rlaif.models.tiny import build_tiny_model, count_parameters, read_corpus, train_tokenizer
+    from vlm_rlaif.models.tiny import count_parameters, read_corpus
 
     log = logging.getLogger("vlm_rlaif.model")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
-    if args.image_size % args.patch_size:
-        raise ConfigError(f"--image-size {args.image_size} is not a multiple of --patch-size {args.patch_size}")
+    if args.arch != "llava-video" and (args.patch_size is not None or args.pooling is not None):
+        raise ConfigError(
+            f"--patch-size and --pooling apply to --arch llava-video only; {args.arch} uses its family's own"
+        )
 
     texts = [text for corpus in args.corpus for text in read_corpus(corpus)]
-    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
-    lm = build_tiny_model(
-        args.size,
-        tokenizer,
-        frames=args.frames,
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        video_pooling=args.pooling,
-        seed=args.seed,
-    )
+    if args.arch == "llava-video":
+        frames = 24 if args.frames is None else args.frames
+        lm = _init_llava_video(args, texts, frames)
+    else:
+        from vlm_rlaif.models.hf_native.tiny import build_tiny_hf_model
+
+        frames = 8 if args.frames is None else args.frames
+        lm = build_tiny_hf_model(
+            args.arch,
+            texts,
+            size=args.size,
+            vocab_size=args.vocab_size,
+            frames=frames,
+            image_size=args.image_size,
+            seed=args.seed,
+        )
     lm.save(out)
-    tokens_per_video = lm.config.num_video_tokens(args.frames)
+    video = np.zeros((frames, args.image_size, args.image_size, 3), dtype=np.uint8)
     log.info(
         "wrote %s: %s %s, %d parameters, vocabulary %d (from %d texts), %d frames -> %d video tokens",
         out,
         args.arch,
         args.size,
-        count_parameters(lm.model),
-        len(tokenizer),
+        count_parameters(lm.base_model),
+        len(lm.tokenizer),
         len(texts),
-        args.frames,
-        tokens_per_video,
+        frames,
+        lm.num_video_tokens(video),
     )
     return 0
+
+
+def _init_llava_video(args: argparse.Namespace, texts: list[str], frames: int):
+    from vlm_rlaif.errors import ConfigError
+    from vlm_rlaif.models.tiny import build_tiny_model, train_tokenizer
+
+    patch_size = 8 if args.patch_size is None else args.patch_size
+    if args.image_size % patch_size:
+        raise ConfigError(f"--image-size {args.image_size} is not a multiple of --patch-size {patch_size}")
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
+    return build_tiny_model(
+        args.size,
+        tokenizer,
+        frames=frames,
+        image_size=args.image_size,
+        patch_size=patch_size,
+        video_pooling=args.pooling or "spatiotemporal",
+        seed=args.seed,
+    )
 
 
 def run_convert(args: argparse.Namespace) -> int:
