@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="llava-video",
         help="model family: llava-video (the paper's architecture) or an HF-native family",
     )
-    init.add_argument("--size", choices=["tiny", "small"], default="tiny", help="tiny (about 1M) or small (about 20M parameters)")
+    init.add_argument(
+        "--size", choices=["tiny", "small"], default="tiny", help="tiny (about 1M) or small (about 20M parameters)"
+    )
     init.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     init.add_argument(
         "--corpus",
