@@ -122,6 +122,27 @@ def test_greedy_generation_is_the_same_batched_or_alone(lm):
     assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
 
 
+def test_static_cache_gives_the_same_greedy_output(lm):
+    examples = [ask("What colour is the circle in this video?", frames(24), "a"), ask("Hi", frames(5, seed=5), "b")]
+    caches = []
+    hook = lm.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: caches.append(type(kwargs.get("cache")).__name__), with_kwargs=True
+    )
+    try:
+        dynamic = lm.generate(examples, GenerationSettings(max_new_tokens=12, temperature=0))
+        assert "StaticCache" not in caches
+        caches.clear()
+        static_settings = GenerationSettings(max_new_tokens=12, temperature=0, cache_implementation="static")
+        static = lm.generate(examples, static_settings)
+    finally:
+        hook.remove()
+    assert set(caches) == {"StaticCache"}  # the setting reached transformers, it was not ignored
+    assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
+    assert any(len(g.token_ids) > 2 for g in dynamic)
+    with pytest.raises(ConfigError, match="unknown cache_implementation 'statc'"):
+        GenerationSettings(cache_implementation="statc")
+
+
 def test_generation_eos_flags(tokenizer):
     lm = build_tiny_model("tiny", tokenizer, seed=3)
     hidden, vocab = lm.hidden_size, len(tokenizer)

@@ -77,7 +77,10 @@ class VideoExample:
 @dataclass
 class GenerationSettings:
     """Sampling settings. temperature 0 = greedy; top_k 0 and top_p 1.0 = off (the paper's PPO rollouts
-    use temperature 1.0, top_p 1.0; its evaluation temperature 0.2, 512 new tokens)."""
+    use temperature 1.0, top_p 1.0; its evaluation temperature 0.2, 512 new tokens).
+
+    cache_implementation: transformers' KV-cache kind for generate, e.g. "static" (a preallocated
+    cache; with torch.compile it is much faster on GPUs); None = the model's default (dynamic)."""
 
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -86,6 +89,7 @@ class GenerationSettings:
     num_samples: int = 1
     batch_size: int = 16
     seed: int | None = None
+    cache_implementation: str | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.num_samples < 1 or self.batch_size < 1:
@@ -97,6 +101,14 @@ class GenerationSettings:
             raise ConfigError(
                 f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"
             )
+        if self.cache_implementation is not None:
+            from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
+
+            if self.cache_implementation not in ALL_CACHE_IMPLEMENTATIONS:
+                raise ConfigError(
+                    f"unknown cache_implementation {self.cache_implementation!r}; "
+                    f"known: {', '.join(ALL_CACHE_IMPLEMENTATIONS)}"
+                )
 
 
 @dataclass
@@ -546,6 +558,7 @@ class VideoLM:
             bos_token_id=self.tokenizer.bos_token_id,
             # A sampled video placeholder could not be scored later (it would ask for a video).
             suppress_tokens=[self.video_token_id],
+            cache_implementation=settings.cache_implementation,
         )
         features = self._visual_items(examples, "features")
         jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
