@@ -167,7 +167,7 @@ def test_run_with_openai_judge_survives_a_dead_endpoint(fake_openai_server, mode
     monkeypatch.setattr(FeedbackRunner, "judge_pairs", original)
     judged = [json.loads(line) for line in (tmp_path / "run" / "judgments.jsonl").read_text().splitlines()]
     assert len(judged) == 2 and not (tmp_path / "run" / "summary.json").exists()  # the first chunk is kept
-    assert all(j["judge_prompt"] == "judge_pairwise_context_v1+openai_reply_format_v1" for j in judged)
+    assert all(j["judge_prompt"] == "judge_pairwise_context_v1+openai_judge_reply_v1" for j in judged)
     sent = [_text(r) for r in fake_openai_server.requests[:4]]
     assert all("Clip 1: " in text for text in sent)  # the policy's clip context reached the endpoint
 

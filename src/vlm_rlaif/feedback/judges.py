@@ -35,8 +35,7 @@ from vlm_rlaif.prompts import PromptTemplate, load_prompt
 
 VERDICT_TOKENS = (" A", " B")  # what follows the verdict prefix in the judge-skill data
 # Chat endpoints cannot be handed an open assistant turn, so they are told the reply's form.
-REPLY_FORMAT = "Reply with '{prefix} A' or '{prefix} B', then one short sentence saying why."
-REPLY_FORMAT_ID = "openai_reply_format_v1"
+REPLY_FORMAT_PROMPT = "openai_judge_reply"
 
 
 @dataclass
@@ -142,9 +141,10 @@ class OpenAIJudge:
         self.id = f"openai:{settings.model}"
         self.version = ""  # filled from the first reply: the model name and fingerprint the server reports
         self.prefix = load_prompt("judge_verdict_prefix").text
+        self.reply_format = load_prompt(REPLY_FORMAT_PROMPT)
 
     def request(self, item: JudgeItem) -> ChatRequest:
-        text = render_judge_prompt(item) + "\n" + REPLY_FORMAT.format(prefix=self.prefix)
+        text = render_judge_prompt(item) + "\n" + self.reply_format.render(prefix=self.prefix)
         content: str | list[dict] = text
         if self.settings.send_frames and item.frames is not None:
             shown = item.frames[subsample(len(item.frames), self.settings.max_frames)]
@@ -226,11 +226,11 @@ class OracleJudge:
 
 def reply_format_id(judge: Judge) -> str | None:
     """The id of the reply instruction a judge adds to the template (openai only)."""
-    return REPLY_FORMAT_ID if isinstance(judge, OpenAIJudge) else None
+    return judge.reply_format.id if isinstance(judge, OpenAIJudge) else None
 
 
 __all__ = [
-    "REPLY_FORMAT",
+    "REPLY_FORMAT_PROMPT",
     "VERDICT_TOKENS",
     "Judge",
     "JudgeItem",
