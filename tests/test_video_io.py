@@ -139,6 +139,30 @@ def test_file_round_trip_identifies_every_sampled_frame(tmp_path, extension):
     assert everything.duration == pytest.approx(5.0, abs=0.05)
 
 
+def x264_settings(path) -> dict[str, str]:
+    """The encoder settings x264 writes into its stream ("options: threads=1 ... mbtree=0 ...")."""
+    line = path.read_bytes().split(b"options: ", 1)[1].split(b"\x00", 1)[0].decode()
+    return dict(item.split("=", 1) for item in line.split())
+
+
+def test_mp4_is_deterministic_by_default(tmp_path):
+    # Frames big enough that x264 would pick several threads by itself.
+    base = np.random.default_rng(1).integers(0, 256, (256, 320, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(base, 4 * i, axis=1) for i in range(12)])
+    first = write_video(frames, tmp_path / "a.mp4")
+    second = write_video(frames, tmp_path / "b.mp4")
+    assert first.read_bytes() == second.read_bytes()
+    settings = x264_settings(first)
+    assert settings["threads"] == "1" and settings["mbtree"] == "0" and settings["crf"].startswith("18")
+    assert x264_settings(write_video(frames, tmp_path / "c.mkv"))["mbtree"] == "0"  # libx264 in any container
+
+    # The caller's options win; x264-params add to ours (scenecut=0 keeps mbtree=0).
+    settings = x264_settings(write_video(frames, tmp_path / "d.mp4", options={"x264-params": "scenecut=0"}))
+    assert settings["mbtree"] == "0" and settings["scenecut"] == "0" and settings["threads"] == "1"
+    settings = x264_settings(write_video(frames, tmp_path / "e.mp4", options={"x264-params": "mbtree=1", "threads": "2"}))
+    assert settings["mbtree"] == "1" and settings["threads"] == "2"
+
+
 def test_frame_count_comes_from_packets_when_metadata_lacks_it(tmp_path):
     path = write_video(pattern_frames(37), tmp_path / "v.mkv", fps=8, gop=5)
     with av.open(str(path)) as container:
