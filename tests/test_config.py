@@ -96,3 +96,30 @@ def test_recipe_variables(tmp_path):
     recipe.write_text("sft:\n  note: ${nope}\n")
     with pytest.raises(ConfigError, match=r"unknown variable \$\{nope\}"):
         load_config(Stage, recipe, section="sft")
+
+
+@dataclass
+class Phase:
+    data: str = ""
+    epochs: int = 1
+
+
+@dataclass
+class Curriculum:
+    phases: list[Phase] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+
+def test_overrides_index_into_lists(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("phases:\n  - {data: short.json}\n  - {data: long.json, epochs: 3}\nsizes: [1, 2]\n")
+    cfg = load_config(Curriculum, cfg_file, ["phases.0.epochs=2", "phases.1.data=other.json", "sizes.1=5"])
+    assert cfg.phases == [Phase("short.json", 2), Phase("other.json", 3)]
+    assert cfg.sizes == [1, 5]
+    out_of_range = r"override 'phases.2.epochs': index 2 is out of range \(the list has 2 items\)"
+    with pytest.raises(ConfigError, match=out_of_range):
+        load_config(Curriculum, cfg_file, ["phases.2.epochs=2"])
+    with pytest.raises(ConfigError, match=r"override 'phases.first.epochs': a list is indexed by a number \(0, 1, ...\), not 'first'"):
+        load_config(Curriculum, cfg_file, ["phases.first.epochs=2"])
+    with pytest.raises(ConfigError, match="override 'sizes.-1'"):
+        load_config(Curriculum, cfg_file, ["sizes.-1=2"])

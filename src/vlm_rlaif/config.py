@@ -89,15 +89,29 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
+    """data["a"]["b"] = value for key "a.b"; missing mappings are created on the way. A number indexes
+    an existing list: "curriculum.phases.0.epochs" sets the first phase's epochs."""
+    node: dict | list = data
+    *path, last = key.split(".")
+    for part in path:
+        slot = _slot(node, part, key)
+        child = node[slot] if isinstance(node, list) else node.get(slot)
+        if not isinstance(child, (dict, list)):
             child = {}
-            node[part] = child
+            node[slot] = child
         node = child
-    node[parts[-1]] = value
+    node[_slot(node, last, key)] = value
+
+
+def _slot(node: dict | list, part: str, key: str) -> str | int:
+    """The mapping key, or the list index, that one part of override `key` names in `node`."""
+    if isinstance(node, dict):
+        return part
+    if not part.isdigit():
+        raise ConfigError(f"override '{key}': a list is indexed by a number (0, 1, ...), not '{part}'")
+    if int(part) >= len(node):
+        raise ConfigError(f"override '{key}': index {part} is out of range (the list has {len(node)} items)")
+    return int(part)
 
 
 def from_dict(cls: type[T], data: dict, *, where: str = "config", prefix: str = "") -> T:
@@ -222,7 +236,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def add_config_arguments(parser, *, required: bool = False) -> None:
-    """The CLI arguments every stage shares: --config FILE, overrides, --overwrite."""
+    """The CLI arguments every stage shares: --config FILE and KEY=VALUE overrides (a stage that
+    writes a run directory adds its own --overwrite)."""
     parser.add_argument("--config", "-c", type=Path, required=required, help="YAML config or recipe")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=1e-4"
