@@ -26,7 +26,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-import yaml
 
 from vlm_rlaif.models import FeatureCache, LoraSettings, ScalarHead, ScalarModel, VideoExample, count_visual_calls
 from vlm_rlaif.models.registry import load_adapter_model
@@ -40,11 +39,16 @@ QUESTIONS = ["What colour is the circle?", "Which way does the square move?", "D
 
 
 def toy_model_settings() -> dict:
+    """The toy recipe's model section, its ${variables} resolved as the stages resolve them."""
+    from dataclasses import asdict
+
+    from vlm_rlaif.config import load_config
+    from vlm_rlaif.train.sft import TinyModelSettings
+
     recipe = ROOT / "recipes" / "toy.yaml"
-    settings = {"size": "tiny", "vocab_size": 1024, "frames": 24, "image_size": 32, "patch_size": 8, "seed": 0}
-    if recipe.is_file():
-        settings.update(yaml.safe_load(recipe.read_text()).get("model") or {})
-    return settings
+    if not recipe.is_file():
+        return asdict(TinyModelSettings(vocab_size=1024))
+    return asdict(load_config(TinyModelSettings, recipe, section="model"))
 
 
 def build(workdir: Path, settings: dict) -> Path:

@@ -58,11 +58,6 @@ def test_gpu_llava_video_7b_tiny_mode(tmp_path):
     assert len(read_jsonl(out)) == 2 * len(rows)  # appends, never overwrites earlier runs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench_ppo_iteration.py reads recipes/toy.yaml's model section raw: seed is the string '${seed}' "
-    "(torch.manual_seed fails); remove this mark once the bench resolves recipe variables",
-)
 def test_ppo_iteration_bench_small(tmp_path):
     run(["-c", RUN_PPO_BENCH, str(tmp_path)])
     (row,) = read_jsonl(tmp_path / "bench_ppo_iteration.jsonl")
