@@ -63,11 +63,6 @@ _OWN_FILES = ("manifest.json", "toyworld_config.yaml")
 CLIP_QUESTIONS = ("Describe what happens in this part of the video.", "Describe this clip in detail.",
                   "What happens in this part of the video?")
 _GOLDEN = 0.6180339887498949
-# Same frames, same mp4 bytes. Measured here: with automatic threads x264 encodes identical frames
-# differently from run to run, and even with one thread its macroblock-tree rate control (float
-# math) does so in about 5% of forked worker processes; one thread and mbtree=0 gave 240/240
-# identical files. The process pool already uses every core, and at 32 px mbtree buys nothing.
-DETERMINISTIC_X264 = {"threads": "1", "x264-params": "mbtree=0"}
 _CORRUPTION_WEIGHT = {"repetition": 0.4, "invented_event": 0.8}
 
 
@@ -257,7 +252,8 @@ def build_video(cfg: ToyWorldConfig, out_dir: Path, index: int) -> dict[str, lis
     else:
         truth = sample_truth(cfg, index)
         truth.split = split_of(index, cfg)
-        write_video(render(truth, cfg.supersample), mp4, fps=cfg.fps, crf=cfg.crf, options=DETERMINISTIC_X264)
+        # write_video's libx264 defaults are deterministic (same frames, same bytes): toy worlds reproduce.
+        write_video(render(truth, cfg.supersample), mp4, fps=cfg.fps, crf=cfg.crf)
         tmp = truth_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(truth.to_dict()))
         os.replace(tmp, truth_path)  # the truth appears last: its presence marks the video done
