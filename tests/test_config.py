@@ -123,3 +123,19 @@ def test_overrides_index_into_lists(tmp_path):
         load_config(Curriculum, cfg_file, ["phases.first.epochs=2"])
     with pytest.raises(ConfigError, match="override 'sizes.-1'"):
         load_config(Curriculum, cfg_file, ["sizes.-1=2"])
+
+
+def test_var_arguments_reach_the_recipe(tmp_path):
+    import argparse
+
+    from vlm_rlaif.config import add_config_arguments, config_variables
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run_dir: runs/toy\nsft:\n  output_dir: ${run_dir}/sft\n")
+    args = parser.parse_args(["--config", str(recipe), "--var", "run_dir=/tmp/exp", "epochs=2"])
+    cfg = load_config(Stage, args.config, args.overrides, section="sft", variables=config_variables(args))
+    assert cfg.output_dir == Path("/tmp/exp/sft") and cfg.epochs == 2
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        config_variables(parser.parse_args(["--var", "no-equals"]))

@@ -240,12 +240,28 @@ def add_config_arguments(parser, *, required: bool = False) -> None:
     writes a run directory adds its own --overwrite)."""
     parser.add_argument("--config", "-c", type=Path, required=required, help="YAML config or recipe")
     parser.add_argument(
+        "--var", action="append", default=[], metavar="NAME=VALUE",
+        help="set a recipe variable used as ${NAME}, e.g. --var run_dir=runs/exp1 (repeatable)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. train.lr=1e-4"
     )
 
 
+def config_variables(args) -> dict[str, Any]:
+    """The --var NAME=VALUE arguments as a dict for load_config(variables=...)."""
+    out = {}
+    for item in getattr(args, "var", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigError(f"--var {item!r} is not of the form NAME=VALUE")
+        out[name] = value
+    return out
+
+
 __all__ = [
     "add_config_arguments",
+    "config_variables",
     "from_dict",
     "load_config",
     "save_config",

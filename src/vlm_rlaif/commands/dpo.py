@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_config
+    from vlm_rlaif.config import config_variables, load_config
     from vlm_rlaif.train.dpo import DPOConfig, run_dpo
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(DPOConfig, args.config, overrides, section="dpo")
+    config = load_config(DPOConfig, args.config, overrides, section="dpo", variables=config_variables(args))
     summary = run_dpo(config, overwrite=args.overwrite)
     after = summary.get("eval_after") or {}
     accuracy = after.get("accuracy")

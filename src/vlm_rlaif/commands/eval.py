@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_config
+    from vlm_rlaif.config import config_variables, load_config
     from vlm_rlaif.eval import EvalConfig, run_eval
 
-    config = load_config(EvalConfig, args.config, args.overrides, section="eval")
+    config = load_config(EvalConfig, args.config, args.overrides, section="eval", variables=config_variables(args))
     if args.out:
         config.out = args.out
     summary = run_eval(config, overwrite=args.overwrite)

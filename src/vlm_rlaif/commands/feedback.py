@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from vlm_rlaif.config import load_config
+    from vlm_rlaif.config import config_variables, load_config
     from vlm_rlaif.feedback import FeedbackConfig, measure_context, run_feedback
     from vlm_rlaif.feedback.measure import format_report
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(FeedbackConfig, args.config, overrides, section="feedback")
+    config = load_config(FeedbackConfig, args.config, overrides, section="feedback", variables=config_variables(args))
     log = logging.getLogger("vlm_rlaif.feedback")
     if args.measure_context:
         summary = measure_context(config, overwrite=args.overwrite)

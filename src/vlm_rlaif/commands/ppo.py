@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_config
+    from vlm_rlaif.config import config_variables, load_config
     from vlm_rlaif.train.ppo import PPOConfig, run_ppo
 
-    config = load_config(PPOConfig, args.config, args.overrides, section="ppo")
+    config = load_config(PPOConfig, args.config, args.overrides, section="ppo", variables=config_variables(args))
     if args.out:
         config.out = args.out
     summary = run_ppo(config, overwrite=args.overwrite)

@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_config
+    from vlm_rlaif.config import config_variables, load_config
     from vlm_rlaif.train.sft import SFTConfig, run_sft
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(SFTConfig, args.config, overrides, section="sft")
+    config = load_config(SFTConfig, args.config, overrides, section="sft", variables=config_variables(args))
     summary = run_sft(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.sft")
     before, after = summary.get("eval_loss_before"), summary.get("eval_loss_after")
