@@ -187,6 +187,24 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def drop_rows_after(path: Path, key: str, value: int) -> None:
+    """On resume from a checkpoint, drop the JSONL rows whose `key` is past `value` (that work is
+    redone); a torn last line from the kill goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get(key, 0) <= value:
+            kept.append(line)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
 def changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts."""
     if isinstance(a, dict) and isinstance(b, dict):

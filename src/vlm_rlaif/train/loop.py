@@ -31,30 +31,24 @@ same weights as an uninterrupted run (bitwise on CPU).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.rundir import RunDir, drop_rows_after
+from vlm_rlaif.train import checkpoints
 
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT_PREFIX = "step_"
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -173,7 +167,7 @@ def train(
         if latest is not None:
             resumed_from = _load_checkpoint(latest, model, optimizer, scheduler, len(batches), settings, world, rank)
             if accelerator.is_main_process:
-                _drop_metrics_after(run.path / "metrics.jsonl", resumed_from)
+                drop_rows_after(run.path / "metrics.jsonl", "step", resumed_from)
     start_step = resumed_from or 0
 
     def evaluate(step: int, history: list) -> None:
@@ -335,15 +329,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint under `directory` (partial ones from a kill are ignored)."""
-    if not directory.is_dir():
-        return None
-    complete = [
-        p for p in directory.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(PARTIAL_SUFFIX)
-        and (p / "state.json").is_file()
-    ]
-    return max(complete, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    """The newest complete checkpoint of a `train` run under `directory` (partial ones are ignored)."""
+    return checkpoints.latest_checkpoint(directory, CHECKPOINT_PREFIX)
 
 
 def save_checkpoint(
@@ -357,89 +344,30 @@ def save_checkpoint(
     accelerator: Accelerator,
 ) -> Path:
     """Write checkpoint `step` (all processes call this; each saves its RNG state) and prune old ones."""
-    final = directory / f"{CHECKPOINT_PREFIX}{step:08d}"
-    partial = directory / (final.name + PARTIAL_SUFFIX)
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), partial / f"rng_{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_file(trainable_state(model), partial / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        state = {
-            "step": step,
-            "num_batches": num_batches,
-            "num_processes": accelerator.num_processes,
-            "grad_accum": settings.grad_accum,
-        }
-        (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        older = sorted(
-            (p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p != final and not p.name.endswith(PARTIAL_SUFFIX)),
-            key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]),
-        )
-        for old in older[: max(0, len(older) - (settings.keep_checkpoints - 1))]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
+    state = {
+        "step": step,
+        "num_batches": num_batches,
+        "num_processes": accelerator.num_processes,
+        "grad_accum": settings.grad_accum,
+    }
+    return checkpoints.save_checkpoint(
+        directory, CHECKPOINT_PREFIX, step, _trainable_parameters(model), optimizer, scheduler, state,
+        settings.keep_checkpoints, accelerator,
+    )
 
 
 def _load_checkpoint(
     path: Path, model: nn.Module, optimizer, scheduler, num_batches: int, settings: TrainSettings, world: int, rank: int
 ) -> int:
-    state = json.loads((path / "state.json").read_text())
     expected = {"num_batches": num_batches, "num_processes": world, "grad_accum": settings.grad_accum}
-    changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-    if changed:
-        details = ", ".join(f"{k}: checkpoint {old}, now {new}" for k, (old, new) in changed.items())
-        raise UserError(f"{path}: cannot resume, the data or process layout changed ({details})")
-    weights = load_file(path / "trainable.safetensors")
-    missing = set(trainable_state(model)) - set(weights)
-    if missing:
-        raise UserError(f"{path}: checkpoint lacks trainable parameters, e.g. {sorted(missing)[:3]}")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng_{rank}.pt"
-    if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+    state = checkpoints.load_checkpoint(
+        path, _trainable_parameters(model), optimizer, scheduler, expected, rank, inputs="data"
+    )
     return int(state["step"])
 
 
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """On resume, drop metric rows logged after the checkpoint: that work is redone."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a torn last line from the kill
-        if row.get("step", 0) <= step:
-            kept.append(line)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text("".join(line + "\n" for line in kept))
-    os.replace(partial, path)
+def _trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 __all__ = [

@@ -28,6 +28,9 @@ Top to bottom:
 3. Metrics per iteration (metrics.jsonl), a few rollouts per iteration in samples.jsonl, a checkpoint
    every `save_every` iterations; a re-run on the directory resumes from the newest checkpoint.
 
+Loading the bases and initialising the policy live in train/ppo_setup.py; the checkpoint files in
+train/checkpoints.py.
+
 Deviations from the paper's code (fixes): the sequence reward goes on each response's last real token
 (the code adds it at the last padded column); padding never enters the KL, whitening or losses; the
 first warm-up iteration has a non-zero learning rate (the code's first iteration has lr 0).
@@ -35,12 +38,9 @@ first warm-up iteration has a non-zero learning rate (the code's first iteration
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,29 +50,27 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.data.frames import FrameStore
 from vlm_rlaif.data.jsonio import JsonlWriter
 from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
-from vlm_rlaif.models.heads import ScalarHead, ScalarModel
+from vlm_rlaif.models.heads import ScalarModel
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rollout.engine import EngineKind, RolloutEngine, make_engine
-from vlm_rlaif.rundir import RunDir, read_metrics
-from vlm_rlaif.train import ppo_math
+from vlm_rlaif.rundir import RunDir, drop_rows_after, read_metrics
+from vlm_rlaif.train import checkpoints, ppo_math
 from vlm_rlaif.train.data import SourcedRecord, read_instruction_file
 from vlm_rlaif.train.loop import TrainSettings
+from vlm_rlaif.train.ppo_setup import POLICY, REFERENCE, VALUE, frame_store, load_policy, load_value_and_reward
 
 log = logging.getLogger(__name__)
 
 STAGE = "ppo"
-POLICY, REFERENCE, VALUE = "policy", "reference", "value"
 CHECKPOINT_PREFIX = "iter_"
-PARTIAL_SUFFIX = ".partial"
 
 # Answers to the RL prompts' questions given to the reward model: (prompts, answer texts) -> scores (B,).
 RewardFn = Callable[[Sequence[VideoExample], Sequence[str]], torch.Tensor]
@@ -665,53 +663,21 @@ class PPOTrainer:
     # ------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, directory: Path, iteration: int, keep: int, extra: dict) -> Path:
-        """<directory>/iter_<N>/: trainable.safetensors (policy LoRA, value LoRA, value head by name),
-        optimizer.pt, scheduler.pt, rng_<rank>.pt, state.json; written under a temporary name."""
-        final = directory / f"{CHECKPOINT_PREFIX}{iteration:08d}"
-        partial = directory / (final.name + PARTIAL_SUFFIX)
-        main = self.accelerator.is_main_process
-        if main:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        torch.save(_rng_state(), partial / f"rng_{self.rank}.pt")
-        self.accelerator.wait_for_everyone()
-        if main:
-            weights = {k: p.detach().cpu().contiguous() for k, p in self.named_parameters.items()}
-            save_file(weights, partial / "trainable.safetensors")
-            torch.save(self.optimizer.state_dict(), partial / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), partial / "scheduler.pt")
-            state = {"iteration": iteration, "kl_coef": self.kl_controller.value, "num_processes": self.world, **extra}
-            (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            older = sorted(_complete_checkpoints(directory), key=_checkpoint_iteration)[:-1]
-            for old in older[: max(0, len(older) - (keep - 1))]:
-                shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
-        return final
+        """<directory>/iter_<N>/ (train/checkpoints.py): the trainable parameters by name (policy LoRA,
+        value LoRA, value head), optimizer, scheduler, every process's RNG, the KL coefficient."""
+        state = {"iteration": iteration, "kl_coef": self.kl_controller.value, "num_processes": self.world, **extra}
+        return checkpoints.save_checkpoint(
+            directory, CHECKPOINT_PREFIX, iteration, self.named_parameters, self.optimizer, self.scheduler, state,
+            keep, self.accelerator,
+        )
 
     def load_checkpoint(self, path: Path, extra: dict) -> int:
         """Restore a checkpoint written by save_checkpoint; returns the iterations it had completed."""
-        state = json.loads((path / "state.json").read_text())
         expected = {"num_processes": self.world, **extra}
-        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
-        if changed:
-            details = ", ".join(f"{k}: checkpoint {old}, now {new}" for k, (old, new) in changed.items())
-            raise UserError(f"{path}: cannot resume, the prompts or process layout changed ({details})")
-        weights = load_file(path / "trainable.safetensors")
-        missing = sorted(set(self.named_parameters) - set(weights))
-        if missing:
-            raise UserError(f"{path}: the checkpoint lacks trainable parameters, e.g. {missing[:3]}")
-        with torch.no_grad():
-            for name, p in self.named_parameters.items():
-                p.copy_(weights[name].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        state = checkpoints.load_checkpoint(
+            path, self.named_parameters, self.optimizer, self.scheduler, expected, self.rank, inputs="prompts"
+        )
         self.kl_controller.value = float(state["kl_coef"])
-        rng_file = path / f"rng_{self.rank}.pt"
-        if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=False))
         self.engine.update_policy()
         return int(state["iteration"])
 
@@ -732,171 +698,6 @@ def lr_multiplier(settings: PPOSettings, total_iterations: int) -> Callable[[int
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier
-
-
-# ---------------------------------------------------------------------------- building the models
-
-
-def load_policy(config: PPOConfig, out: Path, accelerator, cache) -> tuple[VideoLM, VideoLM | None, dict]:
-    """The policy base with its trainable policy and frozen reference (initialising the policy first
-    when asked); returns (policy, reference copy for full fine-tuning or None, init summary)."""
-    from vlm_rlaif.models.registry import load_adapter_model
-
-    runtime = config.runtime
-    init_dir = out / "policy_init"
-    full = config.policy.finetune == "full"
-    init_done = (init_dir / "summary.json").is_file()
-    base_dir = init_dir / "model" if full and init_done else Path(config.policy.model)
-    policy = load_adapter_model(base_dir, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
-    share_feature_cache(policy, cache)
-    if config.init.adapter:
-        init_summary: dict = {"adapter": config.init.adapter, "trained": False}
-        policy.load_lora(config.init.adapter, POLICY, trainable=True)
-        policy.load_lora(config.init.adapter, REFERENCE, trainable=False)
-    elif config.init.enabled and not init_done:
-        init_summary = initialise_policy(config, policy, init_dir, accelerator)
-        if not full:
-            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
-    elif config.init.enabled:
-        init_summary = json.loads((init_dir / "summary.json").read_text())
-        if not full:
-            policy.load_lora(init_dir / "adapter", POLICY, trainable=True)
-            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
-    else:
-        init_summary = {"enabled": False}
-        if not full:
-            torch.manual_seed(config.seed)  # the fresh adapter's initialisation
-            policy.add_lora(POLICY, config.policy.lora)
-    reference = None
-    if full:
-        policy.set_trainable(language_model=True)
-        reference = policy.frozen_copy()
-    else:
-        policy.set_adapter(POLICY)
-    return policy, reference, init_summary
-
-
-def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accelerator) -> dict:
-    """SFT the policy on the RL prompts' reference answers (train/loop.py); saves init_dir/adapter
-    (LoRA: the adapter POLICY is added and trained) or init_dir/model (full fine-tuning)."""
-    from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan
-    from vlm_rlaif.train.loop import train
-    from vlm_rlaif.train.sft import make_sft_loss
-
-    settings = config.init.train
-    root = Path(config.data.root)
-    records = read_instruction_file(root / config.data.init_data)
-    dataset = InstructionDataset(records, _frame_store(config, policy))
-    if config.policy.finetune == "lora":
-        torch.manual_seed(config.seed)
-        policy.add_lora(POLICY, config.policy.lora)
-    else:
-        policy.set_trainable(language_model=True)
-    if config.runtime.gradient_checkpointing:
-        policy.enable_gradient_checkpointing()
-    init_config = {"policy": config.policy, "data": config.data.init_data, "train": settings}
-    if accelerator.is_main_process:
-        run = RunDir.open(init_dir, "ppo_init", init_config, settings.seed)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(init_dir, "ppo_init", resumed=True)
-    lengths = dataset.lengths(policy.tokenizer)
-    plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=lengths)
-    result = train(
-        policy.model, make_sft_loss(policy), PlannedBatches(plan, dataset, policy.collate), settings,
-        run=run, accelerator=accelerator, desc="policy init",
-    )
-    summary = {
-        "examples": len(dataset),
-        "steps": result.steps,
-        "train_loss": result.train_metrics.get("loss"),
-        "seconds": round(result.seconds, 1),
-        "trained": True,
-    }
-    if accelerator.is_main_process:
-        if config.policy.finetune == "lora":
-            policy.save_lora(init_dir / "adapter", POLICY)
-        else:
-            policy.save(init_dir / "model")
-        summary = run.finish(summary)
-    accelerator.wait_for_everyone()
-    return summary
-
-
-def load_value_and_reward(
-    config: PPOConfig, policy: VideoLM, accelerator, cache, reward_fn: RewardFn | None
-) -> tuple[ScalarModel, RewardFn, dict]:
-    """The value model (LoRA VALUE + zero head) on the reward model's base, and the reward function
-    (the reward model scoring through its own input builder, unless `reward_fn` is given)."""
-    from vlm_rlaif.models.registry import load_adapter_model
-
-    runtime = config.runtime
-    settings = config.reward
-    info: dict = {"value_init": settings.value_init}
-    if settings.model:
-        from vlm_rlaif.reward import RewardModel, reward_model_directory
-
-        rm = RewardModel.load(
-            settings.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
-        )
-        value_lm = rm.lm
-        if settings.value_init == "reward_model":
-            value_lm.load_lora(reward_model_directory(settings.model) / "lora", VALUE, trainable=True)
-        else:
-            torch.manual_seed(config.seed + 1)
-            value_lm.add_lora(VALUE, settings.value_lora)
-        if rm.frames is not None and rm.frames.num_frames != num_frames_of(config, policy):
-            log.warning(
-                "the reward model was trained on %d frames per video, PPO samples %d",
-                rm.frames.num_frames, num_frames_of(config, policy),
-            )
-        if reward_fn is None:
-            batch_size = config.ppo.forward_batch_size
-
-            def reward_fn(examples, texts):
-                return rm.score(examples, texts, batch_size=batch_size)
-
-            info["reward"] = str(settings.model)
-    else:
-        if reward_fn is None:
-            raise ConfigError("reward.model (a reward model directory) is required")
-        if settings.value_init == "reward_model":
-            raise ConfigError("reward.value_init 'reward_model' needs reward.model; use 'fresh' with a reward function")
-        value_lm = load_adapter_model(
-            config.policy.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
-        )
-        torch.manual_seed(config.seed + 1)
-        value_lm.add_lora(VALUE, settings.value_lora)
-    info.setdefault("reward", "function")
-    share_feature_cache(value_lm, cache)
-    if value_lm.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
-        raise UserError(
-            "the value/reward base and the policy use different tokenizers; the value model must read the policy's tokens"
-        )
-    if not (value_lm.visual_path_frozen and policy.visual_path_frozen):
-        raise UserError("the vision tower and projector must stay frozen in PPO")
-    if runtime.gradient_checkpointing:
-        value_lm.enable_gradient_checkpointing()
-    value = ScalarModel(value_lm, ScalarHead(value_lm.hidden_size, zero_init=True), lora_name=VALUE)
-    return value, reward_fn, info
-
-
-def share_feature_cache(lm: VideoLM, cache: FeatureCache | None) -> None:
-    """Give `lm` the run's one feature cache (None: no caching). Assigned after loading, because
-    VideoLM's constructor treats an empty cache as false and would make its own."""
-    lm.feature_cache = cache
-
-
-def num_frames_of(config: PPOConfig, lm: VideoLM) -> int:
-    frames = config.data.num_frames or getattr(lm.processor, "num_frames", 0)
-    if not frames:
-        raise ConfigError("data.num_frames is 0 and the policy's processor names no frame count; set data.num_frames")
-    return frames
-
-
-def _frame_store(config: PPOConfig, lm: VideoLM) -> FrameStore:
-    root = Path(config.data.video_root or config.data.root)
-    return FrameStore(root, FrameSampling(num_frames=num_frames_of(config, lm)), max_videos=config.data.frame_cache_videos)
 
 
 # ---------------------------------------------------------------------------- run_ppo
@@ -926,7 +727,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
         policy.enable_gradient_checkpointing()
 
     root = Path(config.data.root)
-    store = _frame_store(config, policy)
+    store = frame_store(config, policy)
     max_tokens = config.data.max_question_tokens
     prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy.tokenizer, max_tokens)
     if dropped:
@@ -941,15 +742,15 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
         seed=config.seed, total_iterations=len(plan),
     )
 
-    checkpoints = out / "checkpoints"
+    checkpoint_dir = out / "checkpoints"
     layout = {"num_prompts": len(prompts), "rollout_batch_size": settings.rollout_batch_size, "seed": config.seed}
     start = 0
-    latest = max(_complete_checkpoints(checkpoints), key=_checkpoint_iteration, default=None)
+    latest = checkpoints.latest_checkpoint(checkpoint_dir, CHECKPOINT_PREFIX)
     if latest is not None:
         start = trainer.load_checkpoint(latest, layout)
         if accelerator.is_main_process:
-            _drop_rows_after(out / "metrics.jsonl", "step", start)
-            _drop_rows_after(out / "samples.jsonl", "iteration", start)
+            drop_rows_after(out / "metrics.jsonl", "step", start)
+            drop_rows_after(out / "samples.jsonl", "iteration", start)
         log.info("resumed PPO after iteration %d from %s", start, latest)
 
     samples = JsonlWriter(out / "samples.jsonl") if accelerator.is_main_process else None
@@ -968,7 +769,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
                 done, len(plan), metrics["reward_score"], metrics["kl"], metrics["response_length"], metrics["iteration_s"],
             )
         if settings.save_every and (done % settings.save_every == 0 or done == len(plan)):
-            trainer.save_checkpoint(checkpoints, done, settings.keep_checkpoints, layout)
+            trainer.save_checkpoint(checkpoint_dir, done, settings.keep_checkpoints, layout)
 
     history = read_metrics(out / "metrics.jsonl") if accelerator.is_main_process else []
     summary = {
@@ -1034,53 +835,6 @@ def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([tensor, pad], dim=1)
 
 
-def _complete_checkpoints(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return [
-        p for p in directory.iterdir()
-        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(PARTIAL_SUFFIX)
-        and (p / "state.json").is_file()
-    ]
-
-
-def _checkpoint_iteration(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX) :])
-
-
-def _drop_rows_after(path: Path, key: str, value: int) -> None:
-    """On resume, drop JSONL rows logged after the checkpoint (that work is redone); a torn last line
-    from the kill goes too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row.get(key, 0) <= value:
-            kept.append(line)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text("".join(line + "\n" for line in kept))
-    os.replace(partial, path)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 __all__ = [
     "DataSettings",
     "InitSettings",
@@ -1093,9 +847,6 @@ __all__ = [
     "RewardSettings",
     "Rollouts",
     "RuntimeSettings",
-    "initialise_policy",
-    "load_policy",
-    "load_value_and_reward",
     "lr_multiplier",
     "prompt_examples",
     "prompt_plan",

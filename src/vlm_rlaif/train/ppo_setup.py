@@ -1,0 +1,212 @@
+"""PPO's setup (train/ppo.py runs the algorithm): the four roles on their two bases.
+
+    policy base (the SFT model):  LoRA POLICY (trains) + LoRA REFERENCE (frozen); with full
+                                  fine-tuning the reference is a frozen copy instead
+    value base (the RM's base):   LoRA VALUE (trains) + the reward model's own LoRA (frozen)
+
+load_policy initialises the policy first when asked (initialise_policy: SFT on the RL prompts'
+reference answers through train/loop.py); load_value_and_reward builds the value model and the
+reward function. Both bases share the run's one FeatureCache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.feature_cache import FeatureCache
+from vlm_rlaif.models.heads import ScalarHead, ScalarModel
+from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.train.data import read_instruction_file
+
+if TYPE_CHECKING:  # ppo.py imports this module; its types are for annotations only
+    from vlm_rlaif.train.ppo import PPOConfig, RewardFn
+
+log = logging.getLogger(__name__)
+
+# The LoRA adapters' names on the two bases.
+POLICY, REFERENCE, VALUE = "policy", "reference", "value"
+
+
+def load_policy(
+    config: PPOConfig, out: Path, accelerator, cache: FeatureCache | None
+) -> tuple[VideoLM, VideoLM | None, dict]:
+    """The policy base with its trainable policy and frozen reference (initialising the policy first
+    when asked); returns (policy, reference copy for full fine-tuning or None, init summary)."""
+    from vlm_rlaif.models.registry import load_adapter_model
+
+    runtime = config.runtime
+    init_dir = out / "policy_init"
+    full = config.policy.finetune == "full"
+    init_done = (init_dir / "summary.json").is_file()
+    base_dir = init_dir / "model" if full and init_done else Path(config.policy.model)
+    policy = load_adapter_model(base_dir, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization)
+    share_feature_cache(policy, cache)
+    if config.init.adapter:
+        init_summary: dict = {"adapter": config.init.adapter, "trained": False}
+        policy.load_lora(config.init.adapter, POLICY, trainable=True)
+        policy.load_lora(config.init.adapter, REFERENCE, trainable=False)
+    elif config.init.enabled and not init_done:
+        init_summary = initialise_policy(config, policy, init_dir, accelerator)
+        if not full:
+            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
+    elif config.init.enabled:
+        init_summary = json.loads((init_dir / "summary.json").read_text())
+        if not full:
+            policy.load_lora(init_dir / "adapter", POLICY, trainable=True)
+            policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
+    else:
+        init_summary = {"enabled": False}
+        if not full:
+            torch.manual_seed(config.seed)  # the fresh adapter's initialisation
+            policy.add_lora(POLICY, config.policy.lora)
+    reference = None
+    if full:
+        policy.set_trainable(language_model=True)
+        reference = policy.frozen_copy()
+    else:
+        policy.set_adapter(POLICY)
+    return policy, reference, init_summary
+
+
+def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accelerator) -> dict:
+    """SFT the policy on the RL prompts' reference answers (train/loop.py); saves init_dir/adapter
+    (LoRA: the adapter POLICY is added and trained) or init_dir/model (full fine-tuning)."""
+    from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan
+    from vlm_rlaif.train.loop import train
+    from vlm_rlaif.train.sft import make_sft_loss
+
+    settings = config.init.train
+    root = Path(config.data.root)
+    records = read_instruction_file(root / config.data.init_data)
+    dataset = InstructionDataset(records, frame_store(config, policy))
+    if config.policy.finetune == "lora":
+        torch.manual_seed(config.seed)
+        policy.add_lora(POLICY, config.policy.lora)
+    else:
+        policy.set_trainable(language_model=True)
+    if config.runtime.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    init_config = {"policy": config.policy, "data": config.data.init_data, "train": settings}
+    if accelerator.is_main_process:
+        run = RunDir.open(init_dir, "ppo_init", init_config, settings.seed)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        run = RunDir(init_dir, "ppo_init", resumed=True)
+    lengths = dataset.lengths(policy.tokenizer)
+    plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=lengths)
+    result = train(
+        policy.model, make_sft_loss(policy), PlannedBatches(plan, dataset, policy.collate), settings,
+        run=run, accelerator=accelerator, desc="policy init",
+    )
+    summary = {
+        "examples": len(dataset),
+        "steps": result.steps,
+        "train_loss": result.train_metrics.get("loss"),
+        "seconds": round(result.seconds, 1),
+        "trained": True,
+    }
+    if accelerator.is_main_process:
+        if config.policy.finetune == "lora":
+            policy.save_lora(init_dir / "adapter", POLICY)
+        else:
+            policy.save(init_dir / "model")
+        summary = run.finish(summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def load_value_and_reward(
+    config: PPOConfig, policy: VideoLM, accelerator, cache: FeatureCache | None, reward_fn: RewardFn | None
+) -> tuple[ScalarModel, RewardFn, dict]:
+    """The value model (LoRA VALUE + zero head) on the reward model's base, and the reward function
+    (the reward model scoring through its own input builder, unless `reward_fn` is given)."""
+    from vlm_rlaif.models.registry import load_adapter_model
+
+    runtime = config.runtime
+    settings = config.reward
+    info: dict = {"value_init": settings.value_init}
+    if settings.model:
+        from vlm_rlaif.reward import RewardModel, reward_model_directory
+
+        rm = RewardModel.load(
+            settings.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
+        )
+        value_lm = rm.lm
+        if settings.value_init == "reward_model":
+            value_lm.load_lora(reward_model_directory(settings.model) / "lora", VALUE, trainable=True)
+        else:
+            torch.manual_seed(config.seed + 1)
+            value_lm.add_lora(VALUE, settings.value_lora)
+        if rm.frames is not None and rm.frames.num_frames != num_frames_of(config, policy):
+            log.warning(
+                "the reward model was trained on %d frames per video, PPO samples %d",
+                rm.frames.num_frames, num_frames_of(config, policy),
+            )
+        if reward_fn is None:
+            batch_size = config.ppo.forward_batch_size
+
+            def reward_fn(examples, texts):
+                return rm.score(examples, texts, batch_size=batch_size)
+
+            info["reward"] = str(settings.model)
+    else:
+        if reward_fn is None:
+            raise ConfigError("reward.model (a reward model directory) is required")
+        if settings.value_init == "reward_model":
+            raise ConfigError("reward.value_init 'reward_model' needs reward.model; use 'fresh' with a reward function")
+        value_lm = load_adapter_model(
+            config.policy.model, device=accelerator.device, dtype=runtime.dtype, quantization=runtime.quantization
+        )
+        torch.manual_seed(config.seed + 1)
+        value_lm.add_lora(VALUE, settings.value_lora)
+    info.setdefault("reward", "function")
+    share_feature_cache(value_lm, cache)
+    if value_lm.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
+        raise UserError(
+            "the value/reward base and the policy use different tokenizers; the value model must read the policy's tokens"
+        )
+    if not (value_lm.visual_path_frozen and policy.visual_path_frozen):
+        raise UserError("the vision tower and projector must stay frozen in PPO")
+    if runtime.gradient_checkpointing:
+        value_lm.enable_gradient_checkpointing()
+    value = ScalarModel(value_lm, ScalarHead(value_lm.hidden_size, zero_init=True), lora_name=VALUE)
+    return value, reward_fn, info
+
+
+def share_feature_cache(lm: VideoLM, cache: FeatureCache | None) -> None:
+    """Give `lm` the run's one feature cache (None: no caching). Assigned after loading, because
+    VideoLM's constructor treats an empty cache as false and would make its own."""
+    lm.feature_cache = cache
+
+
+def num_frames_of(config: PPOConfig, lm: VideoLM) -> int:
+    frames = config.data.num_frames or getattr(lm.processor, "num_frames", 0)
+    if not frames:
+        raise ConfigError("data.num_frames is 0 and the policy's processor names no frame count; set data.num_frames")
+    return frames
+
+
+def frame_store(config: PPOConfig, lm: VideoLM) -> FrameStore:
+    root = Path(config.data.video_root or config.data.root)
+    return FrameStore(root, FrameSampling(num_frames=num_frames_of(config, lm)), max_videos=config.data.frame_cache_videos)
+
+
+__all__ = [
+    "POLICY",
+    "REFERENCE",
+    "VALUE",
+    "frame_store",
+    "initialise_policy",
+    "load_policy",
+    "load_value_and_reward",
+    "num_frames_of",
+    "share_feature_cache",
+]
