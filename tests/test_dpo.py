@@ -28,7 +28,7 @@ from vlm_rlaif.train.dpo import (
     make_dpo_loss,
     run_dpo,
 )
-from vlm_rlaif.train.rm import PreferenceDataset, PreferencePair, read_preference_file, split_heldout
+from vlm_rlaif.train.preference_data import PreferenceDataset, PreferencePair, read_preference_file, split_heldout
 from vlm_rlaif.video import write_video
 
 NUM_VIDEOS = 24

@@ -22,19 +22,14 @@ from vlm_rlaif.models.adapter import ModelInputError
 from vlm_rlaif.prompts import load_prompt
 from vlm_rlaif.reward import RewardModel, prompt_example
 from vlm_rlaif.rundir import read_metrics
-from vlm_rlaif.train.rm import (
+from vlm_rlaif.train.preference_data import (
     PreferenceDataset,
     PreferencePair,
-    RMConfig,
-    collate_pairs,
-    make_rm_loss,
-    oracle_metrics,
-    pair_loss,
     read_preference_file,
-    run_rm,
     split_heldout,
     usable_pairs,
 )
+from vlm_rlaif.train.rm import RMConfig, collate_pairs, make_rm_loss, oracle_metrics, pair_loss, run_rm
 from vlm_rlaif.video import write_video
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}

@@ -6,7 +6,7 @@
 Not part of the paper (which trains a reward model and runs PPO); DPO (Rafailov et al., 2023) learns
 from the same preference files directly, with no reward model and no sampling. Top to bottom:
 1. Read and check the preference files, drop useless pairs and hold out pairs by video, exactly as
-   the reward-model stage does (train/rm.py).
+   the reward-model stage does (train/preference_data.py).
 2. Load the SFT model and choose what trains: a LoRA adapter (default r=64, alpha=16 on attention and
    MLP projections, as the paper's policy) or the whole language model. The visual path stays frozen,
    so each video is encoded once into the feature cache and both answers of a pair reuse it.
@@ -22,7 +22,6 @@ from the same preference files directly, with no reward model and no sampling. T
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +30,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import PlannedBatches, batch_plan
+from vlm_rlaif.train.data import PlannedBatches
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
-from vlm_rlaif.train.rm import PreferenceDataset, PreferencePair, read_preference_file, split_heldout, usable_pairs
-
-log = logging.getLogger(__name__)
+from vlm_rlaif.train.preference_data import (
+    PreferenceDataSettings,
+    PreferencePair,
+    frame_store,
+    frames_per_video,
+    prepare_pairs,
+    read_pairs,
+)
 
 STAGE = "dpo"
 ADAPTER_NAME = "dpo"
@@ -52,25 +55,6 @@ class DPOModelSettings:
     path: str | None = None  # the SFT model directory
     dtype: str | None = None
     gradient_checkpointing: bool = False
-
-
-@dataclass
-class DPODataSettings:
-    """Preference files as for the reward model (train/rm.py): relative to root, videos relative to
-    video_root (default root); pairs held out by video for the eval metrics."""
-
-    files: list[str] = field(default_factory=list)
-    root: str = "."
-    video_root: str | None = None
-    num_frames: int = 0  # 0: the model's own setting
-    clip_max_frames: int = 20
-    eval_pairs: int = 500
-    eval_fraction: float | None = None
-    max_text_tokens: int = 1024
-    group_by_length: bool = True
-    preload_frames: bool = False
-    frame_cache_videos: int = 4096
-    feature_cache_bytes: int = 1 << 30
 
 
 @dataclass
@@ -88,7 +72,7 @@ class DPOConfig:
     epochs: int = 1
     beta: float = 0.1
     model: DPOModelSettings = field(default_factory=DPOModelSettings)
-    data: DPODataSettings = field(default_factory=DPODataSettings)
+    data: PreferenceDataSettings = field(default_factory=PreferenceDataSettings)  # as the reward model's
     tune: DPOTuneSettings = field(default_factory=DPOTuneSettings)
     train: TrainSettings = field(
         default_factory=lambda: TrainSettings(
@@ -192,10 +176,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     settings = config.train
     accelerator = accelerator_for(settings)
     data = config.data
-    root = Path(data.root)
-    records = [r for f in data.files for r in read_preference_file(root / f)]
-    if not records:
-        raise UserError(f"dpo: no preference records in {', '.join(data.files)}")
+    records = read_pairs(data, "dpo")
 
     out = Path(config.out)
     if accelerator.is_main_process:
@@ -210,9 +191,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
         dtype=config.model.dtype,
         feature_cache=FeatureCache(data.feature_cache_bytes),
     )
-    num_frames = data.num_frames or getattr(lm.processor, "num_frames", 0)
-    if not num_frames:
-        raise ConfigError("dpo: data.num_frames is 0 and the model's processor names no frame count; set it")
+    num_frames = frames_per_video(data, lm, "dpo")
     torch.manual_seed(settings.seed)  # the adapter's initialisation
     tune = config.tune
     reference = None
@@ -226,31 +205,13 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     if config.model.gradient_checkpointing:
         lm.enable_gradient_checkpointing()
 
-    store = FrameStore(
-        Path(data.video_root or data.root),
-        FrameSampling(num_frames=num_frames, clip_max_frames=data.clip_max_frames),
-        max_videos=data.frame_cache_videos,
+    pairs = prepare_pairs(
+        records, frame_store(data, num_frames), lm.tokenizer, data, evaluation="",
+        batch_size=settings.batch_size, epochs=config.epochs, seed=settings.seed, stage="dpo",
     )
-    everything = PreferenceDataset(records, store)  # checks every record before anything trains
-    lengths = everything.text_lengths(lm.tokenizer, "")
-    keep, dropped = usable_pairs(records, lengths, data.max_text_tokens)
-    if any(dropped.values()):
-        log.warning("dpo: dropped %d pairs with identical outputs and %d over %d text tokens",
-                    dropped["identical_outputs"], dropped["too_long"], data.max_text_tokens)
-    usable = [records[i] for i in keep]
-    train_records, heldout = split_heldout(usable, data.eval_pairs, data.eval_fraction, settings.seed)
-    if not train_records:
-        raise UserError("dpo: no training pairs left after dropping and holding out pairs")
-    train_set = PreferenceDataset(train_records, store)
-    heldout_set = PreferenceDataset(heldout, store)
     if data.preload_frames:
-        train_set.preload()
-        heldout_set.preload()
-
-    train_lengths = train_set.text_lengths(lm.tokenizer, "") if data.group_by_length else None
-    plan = batch_plan(range(len(train_set)), settings.batch_size, epochs=config.epochs, seed=settings.seed,
-                      lengths=train_lengths)
-    eval_plan = batch_plan(range(len(heldout_set)), settings.batch_size, seed=settings.seed)
+        pairs.train.preload()
+        pairs.heldout.preload()
 
     def collate(pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
         return lm.collate(answer_conversations(pairs))
@@ -258,9 +219,9 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     result = train(
         lm.model,
         make_dpo_loss(lm, reference, config.beta),
-        PlannedBatches(plan, train_set, collate),
+        PlannedBatches(pairs.plan, pairs.train, collate),
         settings,
-        eval_batches=PlannedBatches(eval_plan, heldout_set, collate) if eval_plan else None,
+        eval_batches=PlannedBatches(pairs.eval_plan, pairs.heldout, collate) if pairs.eval_plan else None,
         run=run,
         accelerator=accelerator,
         desc="dpo",
@@ -273,9 +234,9 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
         "finetune": tune.method,
         "beta": config.beta,
         "pairs_read": len(records),
-        "pairs_dropped": dropped,
-        "train_pairs": len(train_set),
-        "heldout_pairs": len(heldout_set),
+        "pairs_dropped": pairs.dropped,
+        "train_pairs": len(pairs.train),
+        "heldout_pairs": len(pairs.heldout),
         "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,
         "train_metrics": result.train_metrics,
@@ -295,7 +256,6 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
 
 __all__ = [
     "DPOConfig",
-    "DPODataSettings",
     "DPOModelSettings",
     "DPOTuneSettings",
     "Reference",

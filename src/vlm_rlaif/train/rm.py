@@ -4,7 +4,7 @@
     summary = run_rm(config)           # writes <out>/model (a RewardModel) and <out>/summary.json
 
 Top to bottom:
-1. Read the preference files: the public layout (JSON array of {id, conversations, video | images,
+1. Read the preference files (train/preference_data.py, shared with DPO): the public layout (JSON array of {id, conversations, video | images,
    output_1, output_2, preference}) or ours (JSONL with extra fields such as the judge's context,
    which the reward model never reads). Every record is checked first; errors name file and line.
    Pairs with identical outputs or text longer than data.max_text_tokens are dropped and counted.
@@ -24,35 +24,37 @@ Top to bottom:
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import nn
 from tqdm.auto import tqdm
 
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.data.jsonio import JsonlWriter, iter_raw
-from vlm_rlaif.data.paths import resolve_video_source
-from vlm_rlaif.data.records import PreferenceRecord, to_messages
-from vlm_rlaif.errors import ConfigError, RecordError, UserError
+from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.adapter import VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.reward import MODEL_SUBDIR, FrameSettings, RewardModel
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import (
-    InstructionDataset,
-    PlannedBatches,
-    batch_plan,
-    read_instruction_file,
-    video_identity,
-)
+from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, read_instruction_file, video_identity
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
+from vlm_rlaif.train.preference_data import (
+    PreferenceDataSettings,
+    PreferenceDataset,
+    PreferencePair,
+    SourcedPreference,
+    frame_store,
+    frames_per_video,
+    prepare_pairs,
+    read_pairs,
+    read_preference_file,
+    usable_pairs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,17 @@ class RMModelSettings:
 
 
 @dataclass
-class RMDataSettings:
-    """files: preference files relative to `root` (their video paths are relative to video_root,
-    default root). eval_sets: extra evaluation files by name (e.g. {oracle: oracle_prefs.jsonl}),
-    scored after training; with eval_sets_heldout_only only their pairs about held-out videos count."""
+class RMDataSettings(PreferenceDataSettings):
+    """The preference files and their split (train/preference_data.py), plus: eval_sets: extra
+    evaluation files by name (e.g. {oracle: oracle_prefs.jsonl}), scored after training; with
+    eval_sets_heldout_only only their pairs about held-out videos count. toy_root: a toy world
+    directory (truth/): also measure agreement with its oracle. feature_cache_dir: keep pooled
+    features on disk (reused by resumes and later stages)."""
 
-    files: list[str] = field(default_factory=list)
-    root: str = "."
-    video_root: str | None = None
-    num_frames: int = 0  # frames sampled per video (0: the model's own setting)
-    clip_max_frames: int = 20
-    eval_pairs: int = 500  # held-out pairs (whole videos are held out until at least this many)
-    eval_fraction: float | None = None  # instead of eval_pairs: this share of the pairs
     eval_sets: dict[str, str] = field(default_factory=dict)
     eval_sets_heldout_only: bool = True
-    toy_root: str | None = None  # a toy world directory (truth/): also measure agreement with its oracle
-    max_text_tokens: int = 1024  # question + longer answer + evaluation turn, in tokens; longer pairs are dropped
-    group_by_length: bool = True
-    preload_frames: bool = False
-    frame_cache_videos: int = 4096
-    feature_cache_bytes: int = 1 << 30
-    feature_cache_dir: str | None = None  # keep pooled features on disk (reused by resumes and later stages)
+    toy_root: str | None = None
+    feature_cache_dir: str | None = None
 
 
 @dataclass
@@ -136,149 +128,6 @@ class RMConfig:
 
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=self.lora.targets)
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True)
-class SourcedPreference:
-    """A preference record and where it came from ("path:line (id X)")."""
-
-    record: PreferenceRecord
-    where: str
-
-
-@dataclass
-class PreferencePair:
-    """One training pair: the prompt (conversation ending with the question, and its video) and the
-    preferred and other answers."""
-
-    prompt: VideoExample
-    chosen: str
-    rejected: str
-
-
-def read_preference_file(path: str | Path) -> list[SourcedPreference]:
-    """Validate every record of a JSON array / JSONL preference file; errors name file, line, field."""
-    records = []
-    for line, raw in iter_raw(path):
-        where = f"{path}:{line}" + (f" (id {raw['id']})" if "id" in raw else "")
-        try:
-            record = PreferenceRecord.model_validate(raw)
-        except ValidationError as err:
-            fields = "; ".join(
-                f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors()
-            )
-            raise RecordError(f"{where}: {fields}") from None
-        records.append(SourcedPreference(record, where))
-    return records
-
-
-def prompt_messages(sourced: SourcedPreference) -> list[dict[str, str]]:
-    """The prompt's chat messages: the record's turns without a trailing gpt turn (some public files
-    keep the SFT answer there); they must alternate from a human turn and end with one."""
-    turns = list(sourced.record.conversations)
-    if len(turns) > 1 and turns[-1].speaker == "gpt":
-        turns = turns[:-1]
-    speakers = [turn.speaker for turn in turns]
-    expected = ["human" if i % 2 == 0 else "gpt" for i in range(len(speakers))]
-    if speakers != expected or speakers[-1] != "human":
-        raise RecordError(
-            f"{sourced.where}: the prompt must alternate human/gpt from a human turn and end with the human "
-            f"question; got {speakers}"
-        )
-    return to_messages(turns)
-
-
-class PreferenceDataset:
-    """Preference pairs about videos: item i is a PreferencePair (frames decoded on first use).
-
-    Every record is checked when the dataset is built (prompt turns, video present), so a bad record
-    fails before training starts, with its file and line."""
-
-    def __init__(self, records: Sequence[SourcedPreference], frame_store: FrameStore):
-        self.records = list(records)
-        self.frame_store = frame_store
-        self._messages = [prompt_messages(r) for r in self.records]
-        for sourced in self.records:
-            resolved = resolve_video_source(frame_store.root, sourced.record.video_source, where=sourced.where)
-            missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
-            if missing:
-                raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> PreferencePair:
-        sourced = self.records[index]
-        try:
-            frames, key = self.frame_store.video(sourced.record.video_source, where=sourced.where)
-        except UserError as err:
-            if isinstance(err, RecordError):
-                raise
-            raise RecordError(f"{sourced.where}: {err}") from err  # e.g. a video that does not decode
-        prompt = VideoExample(self._messages[index], frames, key)
-        return PreferencePair(prompt, sourced.record.chosen, sourced.record.rejected)
-
-    def preload(self) -> None:
-        """Decode every distinct video once now."""
-        for sourced in self.records:
-            self.frame_store.video(sourced.record.video_source, where=sourced.where)
-
-    def text_lengths(self, tokenizer, evaluation: str) -> list[int]:
-        """Tokens of the text a pair's longer row holds: prompt turns, the longer answer, the
-        evaluation turn (without the chat template and the video tokens)."""
-        texts = []
-        for messages, sourced in zip(self._messages, self.records):
-            answers = sourced.record.output_1.value, sourced.record.output_2.value
-            prompt = " ".join(m["content"] for m in messages)
-            texts.extend([f"{prompt} {answers[0]} {evaluation}", f"{prompt} {answers[1]} {evaluation}"])
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        return [max(len(ids[2 * i]), len(ids[2 * i + 1])) for i in range(len(self.records))]
-
-    def distinct_videos(self) -> int:
-        return len({video_identity(r.record) for r in self.records})
-
-
-def split_heldout(
-    records: Sequence[SourcedPreference], eval_pairs: int, eval_fraction: float | None, seed: int
-) -> tuple[list[SourcedPreference], list[SourcedPreference]]:
-    """(train, held-out): whole videos, in a seeded random order, are held out until at least
-    `eval_pairs` pairs (or `eval_fraction` of them) are; at least one video stays for training."""
-    target = round(eval_fraction * len(records)) if eval_fraction is not None else eval_pairs
-    by_video: dict[str, int] = {}
-    for sourced in records:
-        identity = video_identity(sourced.record)
-        by_video[identity] = by_video.get(identity, 0) + 1
-    videos = sorted(by_video)
-    random.Random(seed).shuffle(videos)
-    held: set[str] = set()
-    count = 0
-    for video in videos[:-1]:
-        if count >= target:
-            break
-        held.add(video)
-        count += by_video[video]
-    train_records = [r for r in records if video_identity(r.record) not in held]
-    heldout = [r for r in records if video_identity(r.record) in held]
-    return train_records, heldout
-
-
-def usable_pairs(
-    records: Sequence[SourcedPreference], lengths: Sequence[int] | None, max_text_tokens: int
-) -> tuple[list[int], dict[str, int]]:
-    """Indices of pairs worth training on, and how many were dropped and why: identical outputs
-    (no preference to learn) and text over max_text_tokens (0: no limit)."""
-    keep, dropped = [], {"identical_outputs": 0, "too_long": 0}
-    for i, sourced in enumerate(records):
-        if sourced.record.output_1.value.strip() == sourced.record.output_2.value.strip():
-            dropped["identical_outputs"] += 1
-        elif max_text_tokens and lengths is not None and lengths[i] > max_text_tokens:
-            dropped["too_long"] += 1
-        else:
-            keep.append(i)
-    return keep, dropped
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -521,10 +370,8 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     accelerator = accelerator_for(settings)
     data = config.data
     root = Path(data.root)
-    records = [r for f in data.files for r in read_preference_file(root / f)]
+    records = read_pairs(data, "rm")
     extra_sets = {name: read_preference_file(root / f) for name, f in data.eval_sets.items()}
-    if not records:
-        raise UserError(f"rm: no preference records in {', '.join(data.files)}")
     if data.toy_root is not None and not (Path(data.toy_root) / "truth").is_dir():
         raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
@@ -543,9 +390,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         quantization=config.model.quantization,
         feature_cache=feature_cache,
     )
-    num_frames = data.num_frames or getattr(lm.processor, "num_frames", 0)
-    if not num_frames:
-        raise ConfigError("rm: data.num_frames is 0 and the model's processor names no frame count; set it")
+    num_frames = frames_per_video(data, lm, "rm")
     torch.manual_seed(settings.seed)  # the adapter's and the head's initialisation
     rm = RewardModel.create(
         lm,
@@ -556,26 +401,14 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     if config.model.gradient_checkpointing:
         lm.enable_gradient_checkpointing()
 
-    store = FrameStore(
-        Path(data.video_root or data.root),
-        FrameSampling(num_frames=num_frames, clip_max_frames=data.clip_max_frames),
-        max_videos=data.frame_cache_videos,
+    store = frame_store(data, num_frames)
+    pairs = prepare_pairs(
+        records, store, lm.tokenizer, data, evaluation=rm.prompts.evaluation.render(),
+        batch_size=settings.batch_size, epochs=config.epochs, seed=settings.seed, stage="rm",
     )
-    evaluation = rm.prompts.evaluation.render()
-    everything = PreferenceDataset(records, store)  # checks every record before anything trains
-    lengths = everything.text_lengths(lm.tokenizer, evaluation)
-    keep, dropped = usable_pairs(records, lengths, data.max_text_tokens)
-    if any(dropped.values()):
-        log.warning("rm: dropped %d pairs with identical outputs and %d over %d text tokens",
-                    dropped["identical_outputs"], dropped["too_long"], data.max_text_tokens)
-    usable = [records[i] for i in keep]
-    train_records, heldout = split_heldout(usable, data.eval_pairs, data.eval_fraction, settings.seed)
-    if not train_records:
-        raise UserError("rm: no training pairs left after dropping and holding out pairs")
-    train_set = PreferenceDataset(train_records, store)
-    heldout_set = PreferenceDataset(heldout, store)
+    train_set, heldout_set = pairs.train, pairs.heldout
     # Extra evaluation sets are checked now too, not after hours of training.
-    heldout_videos = {video_identity(r.record) for r in heldout}
+    heldout_videos = {video_identity(r.record) for r in heldout_set.records}
     eval_sets = {HELDOUT_SET: heldout_set}
     for name, extra in extra_sets.items():
         extra = [extra[i] for i in usable_pairs(extra, None, 0)[0]]
@@ -586,11 +419,6 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         train_set.preload()
         heldout_set.preload()
 
-    train_lengths = train_set.text_lengths(lm.tokenizer, evaluation) if data.group_by_length else None
-    plan = batch_plan(range(len(train_set)), settings.batch_size, epochs=config.epochs, seed=settings.seed,
-                      lengths=train_lengths)
-    eval_plan = batch_plan(range(len(heldout_set)), settings.batch_size, seed=settings.seed)
-
     def collate(pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
         return collate_pairs(rm, pairs)
 
@@ -598,9 +426,9 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     result = train(
         trainable,
         make_rm_loss(rm, config.center_coef),
-        PlannedBatches(plan, train_set, collate),
+        PlannedBatches(pairs.plan, train_set, collate),
         settings,
-        eval_batches=PlannedBatches(eval_plan, heldout_set, collate) if eval_plan else None,
+        eval_batches=PlannedBatches(pairs.eval_plan, heldout_set, collate) if pairs.eval_plan else None,
         run=run,
         accelerator=accelerator,
         desc="rm",
@@ -610,7 +438,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         "model": str(out / MODEL_SUBDIR),
         "base_model": config.model.path,
         "pairs_read": len(records),
-        "pairs_dropped": dropped,
+        "pairs_dropped": pairs.dropped,
         "train_pairs": len(train_set),
         "train_videos": train_set.distinct_videos(),
         "heldout_pairs": len(heldout_set),
@@ -640,14 +468,11 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
 
 
 __all__ = [
-    "PreferenceDataset",
-    "PreferencePair",
     "RMConfig",
     "RMDataSettings",
     "RMLoraSettings",
     "RMModelSettings",
     "RewardTrainable",
-    "SourcedPreference",
     "collate_pairs",
     "make_rm_loss",
     "oracle_metrics",
@@ -655,11 +480,8 @@ __all__ = [
     "answer_rows",
     "pair_loss",
     "preference_rows",
-    "prompt_messages",
-    "read_preference_file",
     "run_rm",
     "score_file",
     "score_metrics",
     "score_rows",
-    "split_heldout",
 ]
