@@ -16,8 +16,9 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
 from vlm_rlaif.data.frames import FrameStore
@@ -26,6 +27,11 @@ from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.data.records import InstructionRecord, to_messages
 from vlm_rlaif.errors import RecordError, UserError
 from vlm_rlaif.models.adapter import VideoExample
+
+if TYPE_CHECKING:
+    from vlm_rlaif.train.preference_data import SourcedPreference
+
+R = TypeVar("R", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,17 @@ class SourcedRecord:
 
 def read_instruction_file(path: str | Path) -> list[SourcedRecord]:
     """Validate every record of a JSON array / JSONL file; errors name the file, line and field."""
+    return [SourcedRecord(record, where) for record, where in validated_records(path, InstructionRecord)]
+
+
+def validated_records(path: str | Path, schema: type[R]) -> list[tuple[R, str]]:
+    """Every record of a JSON array / JSONL file validated as `schema`, with its place
+    ("path:line (id X)") for later errors; a bad record's error names the file, line and field."""
     records = []
     for line, raw in iter_raw(path):
         where = f"{path}:{line}" + (f" (id {raw['id']})" if "id" in raw else "")
         try:
-            records.append(SourcedRecord(InstructionRecord.model_validate(raw), where))
+            records.append((schema.model_validate(raw), where))
         except ValidationError as err:
             fields = "; ".join(f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors())
             raise RecordError(f"{where}: {fields}") from None
@@ -73,7 +85,7 @@ class InstructionDataset:
         self.frame_store = frame_store
         self._messages = [_training_messages(r) for r in self.records]
         for sourced in self.records:
-            _check_video_exists(frame_store.root, sourced)
+            check_video_exists(frame_store.root, sourced)
         self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
@@ -115,7 +127,7 @@ def check_training_records(records: Iterable[SourcedRecord], video_root: str | P
     """The checks InstructionDataset makes, without building one: run them before writing anything."""
     for sourced in records:
         _training_messages(sourced)
-        _check_video_exists(Path(video_root), sourced)
+        check_video_exists(Path(video_root), sourced)
 
 
 def _training_messages(sourced: SourcedRecord) -> list[dict[str, str]]:
@@ -129,7 +141,8 @@ def _training_messages(sourced: SourcedRecord) -> list[dict[str, str]]:
     return to_messages(sourced.record.conversations)
 
 
-def _check_video_exists(root: Path, sourced: SourcedRecord) -> None:
+def check_video_exists(root: Path, sourced: SourcedRecord | SourcedPreference) -> None:
+    """A record's video file (or every frame image) must exist under `root`."""
     resolved = resolve_video_source(root, sourced.record.video_source, where=sourced.where)
     missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
     if missing:
@@ -201,6 +214,8 @@ __all__ = [
     "answer_words",
     "batch_plan",
     "check_training_records",
+    "check_video_exists",
     "read_instruction_file",
+    "validated_records",
     "video_identity",
 ]

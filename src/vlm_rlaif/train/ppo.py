@@ -54,7 +54,6 @@ from torch import nn
 
 from vlm_rlaif.data.frames import FrameStore
 from vlm_rlaif.data.jsonio import JsonlWriter
-from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
@@ -63,7 +62,7 @@ from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rollout.engine import EngineKind, RolloutEngine, make_engine
 from vlm_rlaif.rundir import RunDir, drop_rows_after, read_metrics
 from vlm_rlaif.train import checkpoints, ppo_math
-from vlm_rlaif.train.data import SourcedRecord, read_instruction_file
+from vlm_rlaif.train.data import SourcedRecord, check_video_exists, read_instruction_file
 from vlm_rlaif.train.loop import TrainSettings
 from vlm_rlaif.train.ppo_setup import POLICY, REFERENCE, VALUE, frame_store, load_policy, load_value_and_reward
 
@@ -247,10 +246,7 @@ def read_prompts(path: Path, video_root: Path, tokenizer, max_question_tokens: i
     dropped for a question over max_question_tokens tokens."""
     prompts, dropped = [], 0
     for sourced in read_instruction_file(path):
-        resolved = resolve_video_source(video_root, sourced.record.video_source, where=sourced.where)
-        missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
-        if missing:
-            raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
+        check_video_exists(video_root, sourced)
         question = sourced.record.question
         if not question:
             raise RecordError(f"{sourced.where}: the first human turn holds no question")

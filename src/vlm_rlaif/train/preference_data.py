@@ -19,15 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.data.jsonio import iter_raw
-from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.data.records import PreferenceRecord, to_messages
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import VideoExample, VideoLM
-from vlm_rlaif.train.data import batch_plan, video_identity
+from vlm_rlaif.train.data import batch_plan, check_video_exists, validated_records, video_identity
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +70,7 @@ class PreferencePair:
 
 def read_preference_file(path: str | Path) -> list[SourcedPreference]:
     """Validate every record of a JSON array / JSONL preference file; errors name file, line, field."""
-    records = []
-    for line, raw in iter_raw(path):
-        where = f"{path}:{line}" + (f" (id {raw['id']})" if "id" in raw else "")
-        try:
-            record = PreferenceRecord.model_validate(raw)
-        except ValidationError as err:
-            fields = "; ".join(
-                f"field '{'.'.join(map(str, e['loc'])) or '<record>'}': {e['msg']}" for e in err.errors()
-            )
-            raise RecordError(f"{where}: {fields}") from None
-        records.append(SourcedPreference(record, where))
-    return records
+    return [SourcedPreference(record, where) for record, where in validated_records(path, PreferenceRecord)]
 
 
 def prompt_messages(sourced: SourcedPreference) -> list[dict[str, str]]:
@@ -115,10 +100,7 @@ class PreferenceDataset:
         self.frame_store = frame_store
         self._messages = [prompt_messages(r) for r in self.records]
         for sourced in self.records:
-            resolved = resolve_video_source(frame_store.root, sourced.record.video_source, where=sourced.where)
-            missing = [p for p in (resolved if isinstance(resolved, list) else [resolved]) if not p.exists()]
-            if missing:
-                raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
+            check_video_exists(frame_store.root, sourced)
 
     def __len__(self) -> int:
         return len(self.records)
