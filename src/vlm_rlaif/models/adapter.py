@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,11 +45,16 @@ from torch import nn
 
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.feature_cache import FeatureCache, feature_key, module_fingerprint
-from vlm_rlaif.models.lora import LoraSettings, peft_lora_config
+from vlm_rlaif.models.lora import LoraSettings, peft_lora_config, quantization_config
 
 IGNORE_INDEX = -100
 MODEL_INFO_FILE = "vlm_rlaif_model.json"
 VisualMode = Literal["auto", "frames", "features"]
+
+# Language-model module names per LoRA preset, under <...>.language_model.layers.<i> (the Llama and
+# Qwen2 decoders of every family so far name them alike).
+_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class ModelInputError(UserError, ValueError):
@@ -130,12 +136,14 @@ class VideoLM:
     `processor`, `tokenizer`, `family`, `feature_cache` (a FeatureCache, or None: no caching). A new VideoLM has
     every parameter frozen; `set_trainable` or `add_lora` choose what trains.
 
-    A family subclass sets `family` and `model_types` (the transformers model_type values it loads)
-    and implements the hooks marked "family hook" below.
+    A family subclass sets `family`, `model_types` (the transformers model_type values it loads) and
+    `unquantized_modules` (module names kept out of 4-bit quantization), and implements the hooks
+    marked "family hook" below.
     """
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
+    unquantized_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
 
     def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | bool = True):
         # Nothing trains until a stage says so (set_trainable or add_lora): inference, feature caching
@@ -170,8 +178,20 @@ class VideoLM:
         raise NotImplementedError
 
     def lora_targets(self, preset: str) -> str:
-        """Family hook: peft target_modules regex for a LoRA preset (language model only)."""
-        raise NotImplementedError
+        """Family hook: peft target_modules regex for a LoRA preset (language model only). The default
+        serves decoders at `_inner().language_model.layers` with Llama / Qwen2 module names."""
+        if preset == "attn":
+            leaves = _ATTENTION
+        elif preset == "attn_mlp":
+            leaves = _ATTENTION + _MLP
+        elif preset == "all-linear":
+            layer = self._inner().language_model.layers[0]
+            leaves = tuple(sorted({name for name, m in layer.named_modules() if isinstance(m, nn.Linear)}))
+        else:
+            raise ConfigError(f"unknown LoRA target preset {preset!r}; known: attn, attn_mlp, all-linear")
+        alternatives = "|".join(re.escape(leaf) for leaf in leaves)
+        # Anchored under the language model: vision blocks reuse names like q_proj / gate_proj.
+        return rf".*language_model\.layers\.\d+\.(?:{alternatives})"
 
     def preprocess_video(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Family hook: uint8 (T, H, W, 3) -> the model's pixel tensor for one video."""
@@ -212,6 +232,17 @@ class VideoLM:
     def _fingerprint_extra(self) -> str:
         """Family hook: settings besides the weights that change the pooled features."""
         return self.family
+
+    def _inner(self) -> nn.Module:
+        """Family hook: the transformers model without its LM head (vision tower, projector, language
+        model)."""
+        return self.base_model.model
+
+    @classmethod
+    def _from_pretrained(cls, directory: str | os.PathLike, **kwargs) -> tuple[nn.Module, object]:
+        """Family hook: (model, processor) loaded from a saved directory; kwargs go to the model's
+        from_pretrained (dtype, quantization_config, device_map)."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- basic properties
 
@@ -543,27 +574,12 @@ class VideoLM:
         samples. Runs in eval mode (dropout off) and restores the previous mode. The video token is
         never sampled.
         """
-        from transformers import GenerationConfig
-
         settings = settings or GenerationSettings()
-        sampling = settings.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=sampling,
-            temperature=settings.temperature if sampling else None,
-            top_p=settings.top_p if sampling else None,
-            top_k=settings.top_k if sampling else None,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
-            # A sampled video placeholder could not be scored later (it would ask for a video).
-            suppress_tokens=[self.video_token_id],
-            cache_implementation=settings.cache_implementation,
-        )
+        config = self.generation_config(settings)
         features = self._visual_items(examples, "features")
         jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
         results: list[Generation] = []
-        with self.eval_mode(), _seeded(settings.seed, self.device):
+        with self.eval_mode(), seeded(settings.seed, self.device):
             for start in range(0, len(jobs), settings.batch_size):
                 chunk = jobs[start : start + settings.batch_size]
                 batch = self._build_batch(
@@ -578,6 +594,27 @@ class VideoLM:
                 for (example_index, sample_index), tokens in zip(chunk, new_tokens):
                     results.append(self._to_generation(example_index, sample_index, tokens))
         return results
+
+    def generation_config(self, settings: GenerationSettings, stop: Sequence[str] = ()):
+        """The transformers GenerationConfig of these sampling settings (generate, chat and serve use
+        it): greedy at temperature 0, the video token never sampled, optional stop strings."""
+        from transformers import GenerationConfig
+
+        sampling = settings.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
+            top_k=settings.top_k if sampling else None,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
+            # A sampled video placeholder could not be scored later (it would ask for a video).
+            suppress_tokens=[self.video_token_id],
+            cache_implementation=settings.cache_implementation,
+            stop_strings=list(stop) or None,
+        )
 
     def _to_generation(self, example_index: int, sample_index: int, tokens: list[int]) -> Generation:
         ended = self.eos_token_id in tokens
@@ -751,9 +788,22 @@ class VideoLM:
         """Load a saved model directory (no network: files must be local).
 
         dtype: e.g. "bfloat16" (default: as saved). quantization: "4bit" (QLoRA; needs bitsandbytes and
-        CUDA; the visual path and LM head stay unquantized). feature_cache: True (a private in-memory
-        cache), False (none) or a FeatureCache to share (e.g. on disk, across stages)."""
-        raise NotImplementedError
+        CUDA; `unquantized_modules`, the visual path and LM head, stay unquantized). feature_cache: True
+        (a private in-memory cache), False (none) or a FeatureCache to share (e.g. on disk, across stages)."""
+        kwargs = {}
+        if dtype is not None:
+            kwargs["dtype"] = resolve_dtype(dtype)
+        if quantization is not None:
+            skip = list(cls.unquantized_modules)
+            kwargs["quantization_config"] = quantization_config(quantization, skip_modules=skip)
+            kwargs["device_map"] = {"": torch.device(device)}
+        try:
+            model, processor = cls._from_pretrained(directory, **kwargs)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{directory}: cannot load a {cls.family} model: {err}") from err
+        if quantization is None:
+            model = model.to(device)
+        return cls(model.eval(), processor, feature_cache=feature_cache)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -797,8 +847,8 @@ def _pad_rows(
 
 
 @contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Reproducible sampling without disturbing the caller's random state."""
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Reproducible sampling without disturbing the caller's random state (None: no seeding)."""
     if seed is None:
         yield
         return
@@ -817,4 +867,5 @@ __all__ = [
     "VideoExample",
     "VideoLM",
     "resolve_dtype",
+    "seeded",
 ]

@@ -2,21 +2,21 @@
 streamed text, stop strings, and the log-probabilities of each generated token and its top rivals.
 
 The prompt is built by VideoLM (its chat template, its feature cache: a video asked about again is
-not re-encoded); sampling follows the same rules as VideoLM.generate (the video token is never
-sampled). Log-probabilities are those of the model's own distribution (before temperature or
-top-p), over the whole vocabulary.
+not re-encoded); sampling uses VideoLM.generation_config, as VideoLM.generate does (the video token
+is never sampled). Log-probabilities are those of the model's own distribution (before temperature
+or top-p), over the whole vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
 import torch
 
 from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import seeded
 
 DEFAULT_FRAMES = 8  # when the model records no frame count of its own
 
@@ -70,25 +70,6 @@ def default_num_frames(lm: VideoLM) -> int:
     return getattr(lm.processor, "num_frames", None) or getattr(video_processor, "num_frames", None) or DEFAULT_FRAMES
 
 
-def generation_config(lm: VideoLM, settings: GenerationSettings, stop: Sequence[str] = ()):
-    """transformers GenerationConfig for VideoLM's sampling rules."""
-    from transformers import GenerationConfig
-
-    sampling = settings.temperature > 0
-    return GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=sampling,
-        temperature=settings.temperature if sampling else None,
-        top_p=settings.top_p if sampling else None,
-        top_k=settings.top_k if sampling else None,
-        eos_token_id=lm.eos_token_id,
-        pad_token_id=lm.pad_token_id,
-        bos_token_id=lm.tokenizer.bos_token_id,
-        suppress_tokens=[lm.video_token_id],
-        stop_strings=list(stop) or None,
-    )
-
-
 @torch.no_grad()
 def complete(
     lm: VideoLM,
@@ -104,10 +85,10 @@ def complete(
     batch = lm.collate([example], add_generation_prompt=True, visual="features")
     inputs = lm.model_inputs(batch)
     inputs.pop("position_ids")  # generate derives them step by step
-    config = generation_config(lm, settings, stop)
+    config = lm.generation_config(settings, stop)
     config.return_dict_in_generate = True
     config.output_logits = top_logprobs is not None
-    with lm.eval_mode(), _seeded(settings.seed, lm.device):
+    with lm.eval_mode(), seeded(settings.seed, lm.device):
         output = lm.unwrapped_model.generate(
             **inputs, generation_config=config, streamer=streamer, tokenizer=lm.tokenizer if stop else None
         )
@@ -159,17 +140,6 @@ def _byte_decoder() -> dict[str, int]:
     return {character: byte for byte, character in bytes_to_unicode().items()}
 
 
-@contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Reproducible sampling (OpenAI's `seed`) without disturbing the caller's random state."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 __all__ = [
     "Completion",
     "DEFAULT_FRAMES",
@@ -177,7 +147,6 @@ __all__ = [
     "TokenText",
     "complete",
     "default_num_frames",
-    "generation_config",
     "load_for_generation",
     "token_text",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from typing import ClassVar
 
 import numpy as np
@@ -22,16 +21,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import VideoLM, resolve_dtype
+from vlm_rlaif.errors import UserError
+from vlm_rlaif.models.adapter import VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.hf_native.chat_template import ChatTemplateCodec
-from vlm_rlaif.models.lora import quantization_config
-
-# Language-model module names per LoRA preset, under model.language_model.layers.<i> (Llama and
-# Qwen2 decoders name them alike).
-_ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 class VideoEntry(nn.Module):
@@ -59,7 +52,6 @@ class HFNativeVideoLM(VideoLM):
     `unquantized_modules`, and implements the frame/feature hooks of VideoLM."""
 
     model_class: ClassVar[type]
-    unquantized_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
 
     def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | bool = True):
         super().__init__(model, processor, feature_cache)
@@ -70,10 +62,6 @@ class HFNativeVideoLM(VideoLM):
             inner.register_forward_pre_hook(inner.video_entry.on_model_forward, with_kwargs=True)
         self.codec = ChatTemplateCodec(processor, processor.video_token, self.video_token_id)
         self._check_parts()
-
-    def _inner(self) -> nn.Module:
-        """The model without its LM head (vision tower, projector, language model)."""
-        return self.base_model.model
 
     def _check_parts(self) -> None:
         """Family hook: model and processor must agree on the video token and visual shapes."""
@@ -100,20 +88,6 @@ class HFNativeVideoLM(VideoLM):
 
     def visual_probe_modules(self) -> dict[str, nn.Module]:
         return {**self.visual_modules(), "splice": self._inner().video_entry}
-
-    def lora_targets(self, preset: str) -> str:
-        if preset == "attn":
-            leaves = _ATTENTION
-        elif preset == "attn_mlp":
-            leaves = _ATTENTION + _MLP
-        elif preset == "all-linear":
-            layer = self._inner().language_model.layers[0]
-            leaves = tuple(sorted({name for name, m in layer.named_modules() if isinstance(m, nn.Linear)}))
-        else:
-            raise ConfigError(f"unknown LoRA target preset {preset!r}; known: attn, attn_mlp, all-linear")
-        alternatives = "|".join(re.escape(leaf) for leaf in leaves)
-        # Anchored under the language model: the vision blocks reuse names like q_proj / gate_proj.
-        return rf".*language_model\.layers\.\d+\.(?:{alternatives})"
 
     def _encode_conversation(
         self, conversation, *, num_video_tokens, add_generation_prompt, assistant_prefix, where
@@ -151,34 +125,14 @@ class HFNativeVideoLM(VideoLM):
         return f"{self.family};{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
 
     @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: str | torch.dtype | None = None,
-        quantization: str | None = None,
-        feature_cache: FeatureCache | bool = True,
-    ) -> HFNativeVideoLM:
+    def _from_pretrained(cls, directory: str | os.PathLike, **kwargs) -> tuple[nn.Module, object]:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        kwargs = {}
-        if dtype is not None:
-            kwargs["dtype"] = resolve_dtype(dtype)
-        if quantization is not None:
-            skip = list(cls.unquantized_modules)
-            kwargs["quantization_config"] = quantization_config(quantization, skip_modules=skip)
-            kwargs["device_map"] = {"": torch.device(device)}
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(directory, **kwargs)
-            processor = AutoProcessor.from_pretrained(directory)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{directory}: cannot load a {cls.family} model: {err}") from err
+        model = AutoModelForImageTextToText.from_pretrained(directory, **kwargs)
+        processor = AutoProcessor.from_pretrained(directory)
         if not isinstance(model, cls.model_class):
             raise UserError(f"{directory}: expected a {cls.model_class.__name__}, found {type(model).__name__}")
-        if quantization is None:
-            model = model.to(device)
-        return cls(model.eval(), processor, feature_cache=feature_cache)
+        return model, processor
 
 
 def frames_as_numpy(frames: np.ndarray | torch.Tensor) -> np.ndarray:
