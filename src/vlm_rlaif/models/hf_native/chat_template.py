@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vlm_rlaif.models.llava_video.processing import IGNORE_INDEX, VideoInputError, check_conversation
+from vlm_rlaif.models.llava_video.processing import VideoInputError, check_conversation, expand_and_label
 
 _PROBE_QUESTION = "q"
 _PROBE_ANSWER = "probe answer"
@@ -154,17 +154,9 @@ class ChatTemplateCodec:
                 f"{where}: the text holds {placeholders} video placeholder(s) {self.video_token!r} for "
                 f"{int(has_video)} video(s); messages must not contain the placeholder"
             )
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-            if token_id == self.video_token_id:
-                input_ids.extend([token_id] * num_video_tokens)
-                labels.extend([IGNORE_INDEX] * num_video_tokens)
-                continue
-            trained = any(start < span_end and end > span_start for span_start, span_end in spans)
-            input_ids.append(token_id)
-            labels.append(token_id if trained else IGNORE_INDEX)
-        return input_ids, labels
+        return expand_and_label(
+            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens
+        )
 
 
 __all__ = ["ChatTemplateCodec"]

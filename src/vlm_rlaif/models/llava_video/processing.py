@@ -178,6 +178,29 @@ def render_conversation(
     return text, spans
 
 
+def expand_and_label(
+    token_ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
+    video_token_id: int,
+    num_video_tokens: int | None,
+) -> tuple[list[int], list[int]]:
+    """Tokens of rendered text (with their character offsets) -> input ids, the video placeholder
+    expanded to num_video_tokens copies, and labels: a token's own id where it overlaps a trained
+    character span, IGNORE_INDEX elsewhere (video tokens included). Both chat-template paths use it."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for token_id, (start, end) in zip(token_ids, offsets):
+        if token_id == video_token_id:
+            input_ids.extend([token_id] * num_video_tokens)
+            labels.extend([IGNORE_INDEX] * num_video_tokens)
+            continue
+        trained = any(start < span_end and end > span_start for span_start, span_end in spans)
+        input_ids.append(token_id)
+        labels.append(token_id if trained else IGNORE_INDEX)
+    return input_ids, labels
+
+
 class LlavaVideoProcessor(ProcessorMixin):
     """Tokenizer plus frame preprocessing for `llava-video`; registered with AutoProcessor.
 
@@ -247,19 +270,11 @@ class LlavaVideoProcessor(ProcessorMixin):
             where=where,
         )
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids: list[int] = []
-        labels: list[int] = []
+        input_ids, labels = expand_and_label(
+            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens
+        )
         if self.tokenizer.bos_token_id is not None:
-            input_ids.append(self.tokenizer.bos_token_id)
-            labels.append(IGNORE_INDEX)
-        for token_id, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-            if token_id == self.video_token_id:
-                input_ids.extend([token_id] * num_video_tokens)
-                labels.extend([IGNORE_INDEX] * num_video_tokens)
-                continue
-            trained = any(start < span_end and end > span_start for span_start, span_end in spans)
-            input_ids.append(token_id)
-            labels.append(token_id if trained else IGNORE_INDEX)
+            return [self.tokenizer.bos_token_id, *input_ids], [IGNORE_INDEX, *labels]
         return input_ids, labels
 
     def __call__(
@@ -333,6 +348,7 @@ __all__ = [
     "VIDEO_TOKEN",
     "VideoInputError",
     "check_conversation",
+    "expand_and_label",
     "preprocess_frames",
     "render_conversation",
     "video_token_id_of",
