@@ -30,14 +30,6 @@ HIDDEN, TOWER_WIDTH, IMAGE, PATCH = 64, 32, 32, 8
 QUESTION = "What colour is the circle?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def llama_tokenizer() -> PreTrainedTokenizerFast:
     """A LLaMA-like tokenizer: <unk> <s> </s>, BOS added, no video token."""
     bpe = Tokenizer(models.BPE())

@@ -5,14 +5,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from test_rm import COLOURS, NUM_FRAMES, QUESTION, colour_frames, pair_record
+from colour_pairs import NUM_FRAMES, QUESTION, write_colour_pairs
 from vlm_rlaif.config import from_dict
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.errors import ConfigError
@@ -29,30 +27,13 @@ from vlm_rlaif.train.dpo import (
     run_dpo,
 )
 from vlm_rlaif.train.preference_data import PreferenceDataset, PreferencePair, read_preference_file, split_heldout
-from vlm_rlaif.video import write_video
-
-NUM_VIDEOS = 24
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Solid red or blue videos, pairs preferring the answer that names the true colour, a tiny model."""
     root = tmp_path_factory.mktemp("dpo_world")
-    rng = np.random.default_rng(0)
-    records = []
-    for v in range(NUM_VIDEOS):
-        colour = list(COLOURS)[v % 2]
-        write_video(colour_frames(colour, rng), root / f"v{v}.mp4")
-        records.append(pair_record(v, colour, 1 + (v // 2) % 2, f"v{v}.mp4"))
-    (root / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_colour_pairs(root)
     tokenizer = train_tokenizer([f"{QUESTION} The video is red. The video is blue."] * 20, vocab_size=400)
     build_tiny_model("tiny", tokenizer, frames=NUM_FRAMES, seed=0).save(root / "sft")
     return root

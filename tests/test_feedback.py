@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from test_feedback_helpers import CLIP_MAX, FRAMES, make_config, make_model_dir, make_video_root
-from test_feedback_helpers import one_thread  # noqa: F401  (a fixture, used through pytestmark)
 
 from vlm_rlaif.data import PreferenceRecord, read_records
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
@@ -22,9 +21,6 @@ from vlm_rlaif.feedback.pipeline import load_prompts
 from vlm_rlaif.feedback.preferences import decide
 from vlm_rlaif.models import GenerationSettings, VideoExample, load_adapter_model
 from vlm_rlaif.prompts import format_context, load_prompt
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

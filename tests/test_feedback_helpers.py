@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from vlm_rlaif.feedback import FeedbackConfig
 from vlm_rlaif.feedback.config import CandidateSettings, ContextSettings, JudgeSettings
@@ -18,16 +16,6 @@ from vlm_rlaif.video import write_video
 FRAMES = 12  # sampled per video; clip_max_frames 4 -> 3 clips
 CLIP_MAX = 4
 QUESTIONS = ["What colour is the square?", "Which way does the circle move?", "Describe the video.", "How many shapes are there?"]
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread than two (and far faster when other jobs share the
-    cores); restored afterwards so no other test is affected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_model_dir(directory: Path) -> Path:

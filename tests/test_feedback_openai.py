@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 from fake_openai_server import FakeReply
 from test_feedback_helpers import make_config, make_model_dir, make_video_root
-from test_feedback_helpers import one_thread  # noqa: F401  (a fixture, used through pytestmark)
 
 from vlm_rlaif.clients.openai_compat import ChatClient, JudgeUnavailableError
 from vlm_rlaif.feedback import run_feedback
 from vlm_rlaif.feedback.config import ContextSettings, JudgeSettings, OpenAISettings
 from vlm_rlaif.feedback.judges import JudgeItem, OpenAIJudge, verdict_position
 from vlm_rlaif.feedback.pipeline import FeedbackRunner
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from test_feedback_helpers import make_config, make_model_dir
-from test_feedback_helpers import one_thread  # noqa: F401  (a fixture, used through pytestmark)
 
 from vlm_rlaif.feedback import measure_context, run_feedback
 from vlm_rlaif.feedback.agreement import OracleReference, agreement, paired_difference, wilson_interval
@@ -15,8 +14,6 @@ from vlm_rlaif.feedback.config import JudgeSettings
 from vlm_rlaif.feedback.judges import JudgeItem, OracleJudge
 from vlm_rlaif.feedback.measure import compare_conditions
 from vlm_rlaif.toyworld import ToyWorldConfig, generate
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from model_inputs import ask, chat, frames
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models import (
     IGNORE_INDEX,
     GenerationSettings,
     LlavaVideoLM,
     ModelInputError,
-    VideoExample,
     build_tiny_model,
     family_of_directory,
     load_adapter_model,
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 CORPUS = ["What colour is the circle? The circle is red.", "Answer A is better. Answer B is better."] * 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine (100x slower there).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(CORPUS, vocab_size=400)
@@ -48,20 +39,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def lm(tokenizer):
     return build_tiny_model("tiny", tokenizer, seed=3)
-
-
-def frames(num_frames, seed=0, size=32):
-    return np.random.default_rng(seed).integers(0, 256, (num_frames, size, size, 3), dtype=np.uint8)
-
-
-def ask(question, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}], video=video, video_key=key)
-
-
-def chat(question, answer, video=None, key=None):
-    return VideoExample(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], video=video, video_key=key
-    )
 
 
 def manual_logits(lm, example, extra_ids=()):

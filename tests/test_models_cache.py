@@ -6,10 +6,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
+from model_inputs import ask, chat, frames
 from vlm_rlaif.models import (
     FeatureCache,
     GenerationSettings,
@@ -24,30 +24,9 @@ from vlm_rlaif.models.adapter import ModelInputError
 CORPUS = ["What colour is the circle? The circle is red.", "Answer A is better.", "Answer B is better."] * 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(CORPUS, vocab_size=400)
-
-
-def frames(num_frames, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (num_frames, 32, 32, 3), dtype=np.uint8)
-
-
-def ask(question, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}], video=video, video_key=key)
-
-
-def chat(question, answer, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], video, key)
 
 
 def tower_calls(lm):

@@ -6,10 +6,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
 
+from model_inputs import chat, frames
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models import (
     LoraSettings,
@@ -28,26 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 CORPUS = ["What colour is the circle? The circle is red.", "Is it good? It is good."] * 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(CORPUS, vocab_size=400)
-
-
-def frames(num_frames, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (num_frames, 32, 32, 3), dtype=np.uint8)
-
-
-def chat(question, answer, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], video, key)
 
 
 def randomise_lora(lm, name, seed=0):

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 from transformers.video_utils import VideoMetadata
 
+from model_inputs import ask, chat, frames
 from vlm_rlaif.models import (
     IGNORE_INDEX,
     GenerationSettings,
@@ -33,29 +34,9 @@ CORPUS = [
 ARCHES = ["llava-next-video", "qwen2.5-vl"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=ARCHES)
 def lm(request):
     return build_tiny_hf_model(request.param, CORPUS, seed=1)
-
-
-def frames(num_frames, height=32, width=32, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
-
-
-def ask(question, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}], video=video, video_key=key)
-
-
-def chat(question, answer, video=None, key=None):
-    return VideoExample([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], video, key)
 
 
 MULTI_TURN = [

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+from model_inputs import frames
 from vlm_rlaif.models import build_tiny_model, train_tokenizer
 from vlm_rlaif.models.llava_video import LlavaVideoConfig, LlavaVideoForCausalLM, pool_video_features
 from vlm_rlaif.models.llava_video.processing import (
@@ -24,22 +25,9 @@ from vlm_rlaif.models.llava_video.processing import (
 CORPUS = ["What colour is the circle?", "The circle is red and it moves left.", "Where does the square go?"] * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine (100x slower there).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def lm():
     return build_tiny_model("tiny", train_tokenizer(CORPUS, vocab_size=400), seed=1)
-
-
-def frames(num_frames, height=32, width=32, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
 
 
 def test_spatiotemporal_pooling_by_hand():

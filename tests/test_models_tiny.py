@@ -19,15 +19,6 @@ from vlm_rlaif.models.tiny import SPECIAL_TOKENS, count_parameters, read_corpus
 WORDS = "red green blue circle square triangle moves left right up down appears the a is what colour where".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def corpus():
     rng = np.random.default_rng(0)

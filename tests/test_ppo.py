@@ -53,16 +53,6 @@ FRAMES = 4
 SMALL_LORA = {"r": 8, "alpha": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine, and keeps runs
-    # bitwise reproducible between this process and the resume test's subprocess.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """4 videos, 16 RL prompts (rl/prompts.json) and the same prompts with reference answers half

@@ -6,13 +6,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from colour_pairs import NUM_FRAMES, NUM_VIDEOS, QUESTION, colour_frames, pair_record, write_colour_pairs
 from vlm_rlaif.cli import main as cli_main
 from vlm_rlaif.config import from_dict
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
@@ -30,58 +30,13 @@ from vlm_rlaif.train.preference_data import (
     usable_pairs,
 )
 from vlm_rlaif.train.rm import RMConfig, collate_pairs, make_rm_loss, oracle_metrics, pair_loss, run_rm
-from vlm_rlaif.video import write_video
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
-QUESTION = "What colour is the video?"
-CONTEXT = "Clip 1: a secret context sentence that only the judge reads."
-NUM_FRAMES = 8
-NUM_VIDEOS = 24
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matmuls: one thread avoids OpenMP contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def colour_frames(colour: str, rng: np.random.Generator) -> np.ndarray:
-    base = np.array(COLOURS[colour])[None, None, None]
-    return np.clip(base + rng.integers(-20, 20, (NUM_FRAMES, 32, 32, 3)), 0, 255).astype(np.uint8)
-
-
-def pair_record(index: int, colour: str, preference: int, video: str) -> dict:
-    """A pair whose preferred answer names the video's true colour. Both answers occur preferred and
-    not, in both positions, so only the video tells them apart."""
-    other = "blue" if colour == "red" else "red"
-    good, bad = f"The video is {colour}.", f"The video is {other}."
-    first, second = (good, bad) if preference == 1 else (bad, good)
-    return {
-        "id": f"p{index}",
-        "video": video,
-        "conversations": [{"from": "human", "value": f"<video>\n{QUESTION}"}],
-        "output_1": {"value": first},
-        "output_2": {"value": second},
-        "preference": preference,
-        "context": CONTEXT,
-        "judge": "test",
-    }
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Written videos (solid red or blue), our JSONL preference file about them, a tiny base model."""
     root = tmp_path_factory.mktemp("rm_world")
-    rng = np.random.default_rng(0)
-    records = []
-    for v in range(NUM_VIDEOS):
-        colour = list(COLOURS)[v % 2]
-        write_video(colour_frames(colour, rng), root / f"v{v}.mp4")
-        records.append(pair_record(v, colour, 1 + (v // 2) % 2, f"v{v}.mp4"))
-    (root / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_colour_pairs(root)
     corpus = [f"{QUESTION} The video is red. The video is blue."] * 20 + [load_prompt("rm_evaluation").text] * 5
     tokenizer = train_tokenizer(corpus, vocab_size=400)
     build_tiny_model("tiny", tokenizer, frames=NUM_FRAMES, seed=0).save(root / "sft")

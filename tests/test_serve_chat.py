@@ -30,14 +30,6 @@ CORPUS = [QUESTION, "The better answer is A.", "The better answer is B.", "A", "
 FRAMES = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def video(colour, seed=0):
     """A mostly red or mostly blue clip with a little noise."""
     frames = np.random.default_rng(seed).integers(0, 40, (FRAMES, 32, 32, 3), dtype=np.uint8)
