@@ -143,6 +143,19 @@ class RunDir:
         seed_everything(seed)
         return run
 
+    @classmethod
+    def open_on_main(
+        cls, accelerator, path: str | Path, stage: str, config: Any, seed: int, *, overwrite: bool = False
+    ) -> "RunDir":
+        """`open` for a run of several processes (an accelerate Accelerator): the main process opens
+        or resumes the directory and owns its files; the others wait for it, then get a handle."""
+        if accelerator.is_main_process:
+            run = cls.open(path, stage, config, seed, overwrite=overwrite)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            run = cls(Path(path), stage, resumed=True)
+        return run
+
     @property
     def checkpoints(self) -> Path:
         p = self.path / "checkpoints"

@@ -179,11 +179,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     records = read_pairs(data, "dpo")
 
     out = Path(config.out)
-    if accelerator.is_main_process:
-        run = RunDir.open(out, STAGE, config, settings.seed, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(out, STAGE, resumed=True)  # the main process owns the directory's files
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite)
 
     lm = load_adapter_model(
         config.model.path,

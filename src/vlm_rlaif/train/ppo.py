@@ -710,11 +710,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
     # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
     accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
     out = Path(config.out)
-    if accelerator.is_main_process:
-        run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(out, STAGE, resumed=True)  # the main process owns the directory's files
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, config.seed, overwrite=overwrite)
 
     cache = FeatureCache(max_bytes=runtime.feature_cache_mb << 20) if runtime.feature_cache_mb > 0 else None
     policy, reference, init_summary = load_policy(config, out, accelerator, cache)

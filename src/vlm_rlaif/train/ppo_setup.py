@@ -95,11 +95,7 @@ def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accele
     if config.runtime.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
     init_config = {"policy": config.policy, "data": config.data.init_data, "train": settings}
-    if accelerator.is_main_process:
-        run = RunDir.open(init_dir, "ppo_init", init_config, settings.seed)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(init_dir, "ppo_init", resumed=True)
+    run = RunDir.open_on_main(accelerator, init_dir, "ppo_init", init_config, settings.seed)
     lengths = dataset.lengths(policy.tokenizer)
     plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=lengths)
     result = train(

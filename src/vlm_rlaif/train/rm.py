@@ -376,11 +376,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
     out = Path(config.out)
-    if accelerator.is_main_process:
-        run = RunDir.open(out, STAGE, config, settings.seed, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(out, STAGE, resumed=True)  # the main process owns the directory's files
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite)
 
     feature_cache = FeatureCache(data.feature_cache_bytes, data.feature_cache_dir)
     lm = load_adapter_model(
