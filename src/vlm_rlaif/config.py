@@ -248,6 +248,21 @@ def add_config_arguments(parser, *, required: bool = False) -> None:
     )
 
 
+def add_run_arguments(parser, *, required: bool = True) -> None:
+    """The CLI arguments of a stage that writes a run directory: add_config_arguments, --out and
+    --overwrite."""
+    add_config_arguments(parser, required=required)
+    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+
+
+def load_stage_config(cls: type[T], args, section: str) -> T:
+    """A stage's config from its command line: the `section` of --config, the KEY=VALUE overrides
+    and --var variables, and --out as the last override of `out`."""
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    return load_config(cls, args.config, overrides, section=section, variables=config_variables(args))
+
+
 def config_variables(args) -> dict[str, Any]:
     """The --var NAME=VALUE arguments as a dict for load_config(variables=...)."""
     out = {}
@@ -261,9 +276,11 @@ def config_variables(args) -> dict[str, Any]:
 
 __all__ = [
     "add_config_arguments",
+    "add_run_arguments",
     "config_variables",
     "from_dict",
     "load_config",
+    "load_stage_config",
     "save_config",
     "to_dict",
 ]

@@ -12,21 +12,18 @@ HELP = "direct preference optimisation on preference pairs (an alternative to rm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_rlaif.config import add_config_arguments
+    from vlm_rlaif.config import add_run_arguments
 
-    add_config_arguments(parser, required=True)
-    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.train.dpo import DPOConfig, run_dpo
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(DPOConfig, args.config, overrides, section="dpo", variables=config_variables(args))
+    config = load_stage_config(DPOConfig, args, "dpo")
     summary = run_dpo(config, overwrite=args.overwrite)
     after = summary.get("eval_after") or {}
     accuracy = after.get("accuracy")

@@ -10,22 +10,18 @@ HELP = "evaluate models on VCG-Bench, zero-shot video QA and multiple choice, wi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_rlaif.config import add_config_arguments
+    from vlm_rlaif.config import add_run_arguments
 
-    add_config_arguments(parser, required=True)
-    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.eval import EvalConfig, run_eval
 
-    config = load_config(EvalConfig, args.config, args.overrides, section="eval", variables=config_variables(args))
-    if args.out:
-        config.out = args.out
+    config = load_stage_config(EvalConfig, args, "eval")
     summary = run_eval(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.eval")
     for model, benchmarks in summary["results"].items():

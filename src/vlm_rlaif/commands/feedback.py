@@ -13,11 +13,9 @@ HELP = "sample answer pairs, describe clips, judge both orders, write preference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_rlaif.config import add_config_arguments
+    from vlm_rlaif.config import add_run_arguments
 
-    add_config_arguments(parser)
-    parser.add_argument("--out", help="output directory (overrides the config's out)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    add_run_arguments(parser, required=False)
     parser.add_argument(
         "--measure-context",
         action="store_true",
@@ -29,12 +27,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.feedback import FeedbackConfig, measure_context, run_feedback
     from vlm_rlaif.feedback.measure import format_report
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(FeedbackConfig, args.config, overrides, section="feedback", variables=config_variables(args))
+    config = load_stage_config(FeedbackConfig, args, "feedback")
     log = logging.getLogger("vlm_rlaif.feedback")
     if args.measure_context:
         summary = measure_context(config, overwrite=args.overwrite)

@@ -12,22 +12,18 @@ HELP = "policy initialisation and PPO against the video reward model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_rlaif.config import add_config_arguments
+    from vlm_rlaif.config import add_run_arguments
 
-    add_config_arguments(parser, required=True)
-    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.train.ppo import PPOConfig, run_ppo
 
-    config = load_config(PPOConfig, args.config, args.overrides, section="ppo", variables=config_variables(args))
-    if args.out:
-        config.out = args.out
+    config = load_stage_config(PPOConfig, args, "ppo")
     summary = run_ppo(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.ppo")
     first, last = summary.get("first") or {}, summary.get("last") or {}

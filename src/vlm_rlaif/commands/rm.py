@@ -57,11 +57,10 @@ def run(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.train.rm import HELDOUT_SET, RMConfig, run_rm
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(RMConfig, args.config, overrides, section="rm", variables=config_variables(args))
+    config = load_stage_config(RMConfig, args, "rm")
     summary = run_rm(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.rm")
     log.info("rm: %d steps on %d pairs; reward model in %s", summary["steps"], summary["train_pairs"], summary["model"])

@@ -12,21 +12,18 @@ HELP = "supervised fine-tuning with the answer-length curriculum (stage 1)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_rlaif.config import add_config_arguments
+    from vlm_rlaif.config import add_run_arguments
 
-    add_config_arguments(parser, required=True)
-    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
-    parser.add_argument("--overwrite", action="store_true", help="replace a finished run in the output directory")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import config_variables, load_config
+    from vlm_rlaif.config import load_stage_config
     from vlm_rlaif.train.sft import SFTConfig, run_sft
 
-    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    config = load_config(SFTConfig, args.config, overrides, section="sft", variables=config_variables(args))
+    config = load_stage_config(SFTConfig, args, "sft")
     summary = run_sft(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.sft")
     before, after = summary.get("eval_loss_before"), summary.get("eval_loss_after")
