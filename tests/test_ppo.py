@@ -39,12 +39,10 @@ from vlm_rlaif.train.ppo import (
     PPOSettings,
     PPOTrainer,
     lr_multiplier,
-    prompt_examples,
     prompt_plan,
-    read_prompts,
     run_ppo,
 )
-from vlm_rlaif.train.ppo_setup import load_value_and_reward
+from vlm_rlaif.train.ppo_setup import load_value_and_reward, prompt_examples, read_prompts
 from vlm_rlaif.video import write_video
 
 QUESTION = "What colour is the circle?"

@@ -52,9 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlm_rlaif.data.frames import FrameStore
 from vlm_rlaif.data.jsonio import JsonlWriter
-from vlm_rlaif.errors import ConfigError, RecordError, UserError
+from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarModel
@@ -62,9 +61,18 @@ from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rollout.engine import EngineKind, RolloutEngine, make_engine
 from vlm_rlaif.rundir import RunDir, drop_rows_after, read_metrics
 from vlm_rlaif.train import checkpoints, ppo_math
-from vlm_rlaif.train.data import SourcedRecord, check_video_exists, read_instruction_file
 from vlm_rlaif.train.loop import TrainSettings
-from vlm_rlaif.train.ppo_setup import POLICY, REFERENCE, VALUE, frame_store, load_policy, load_value_and_reward
+from vlm_rlaif.train.ppo_setup import (
+    POLICY,
+    REFERENCE,
+    VALUE,
+    Prompt,
+    frame_store,
+    load_policy,
+    load_value_and_reward,
+    prompt_examples,
+    read_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,48 +237,7 @@ class PPOConfig:
             raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
 
 
-# ---------------------------------------------------------------------------- prompts
-
-
-@dataclass
-class Prompt:
-    """One RL prompt: the question about a record's video."""
-
-    id: str
-    question: str
-    sourced: SourcedRecord
-
-
-def read_prompts(path: Path, video_root: Path, tokenizer, max_question_tokens: int) -> tuple[list[Prompt], int]:
-    """The prompts of an instruction file (first human turn) whose video exists, and how many were
-    dropped for a question over max_question_tokens tokens."""
-    prompts, dropped = [], 0
-    for sourced in read_instruction_file(path):
-        check_video_exists(video_root, sourced)
-        question = sourced.record.question
-        if not question:
-            raise RecordError(f"{sourced.where}: the first human turn holds no question")
-        if len(tokenizer(question, add_special_tokens=False)["input_ids"]) > max_question_tokens:
-            dropped += 1  # the prompt and its video go together: nothing can misalign
-            continue
-        prompts.append(Prompt(sourced.record.id, question, sourced))
-    return prompts, dropped
-
-
-def prompt_examples(prompts: Sequence[Prompt], store: FrameStore) -> list[VideoExample]:
-    """One question-about-a-video example per prompt, built as the reward model builds its prompts."""
-    from vlm_rlaif.reward import prompt_example
-
-    examples = []
-    for prompt in prompts:
-        try:
-            frames, key = store.for_record(prompt.sourced.record, where=prompt.sourced.where)
-        except UserError as err:
-            if isinstance(err, RecordError):
-                raise
-            raise RecordError(f"{prompt.sourced.where}: {err}") from err
-        examples.append(prompt_example(prompt.question, frames, key))
-    return examples
+# ---------------------------------------------------------------------------- the prompt plan
 
 
 def prompt_plan(num_prompts: int, settings: PPOSettings, seed: int) -> list[list[int]]:
@@ -834,14 +801,11 @@ __all__ = [
     "PPOSettings",
     "PPOTrainer",
     "PolicySettings",
-    "Prompt",
     "RewardFn",
     "RewardSettings",
     "Rollouts",
     "RuntimeSettings",
     "lr_multiplier",
-    "prompt_examples",
     "prompt_plan",
-    "read_prompts",
     "run_ppo",
 ]

@@ -1,4 +1,4 @@
-"""PPO's setup (train/ppo.py runs the algorithm): the four roles on their two bases.
+"""PPO's setup (train/ppo.py runs the algorithm): the four roles on their two bases, and the RL prompts.
 
     policy base (the SFT model):  LoRA POLICY (trains) + LoRA REFERENCE (frozen); with full
                                   fine-tuning the reference is a frozen copy instead
@@ -6,25 +6,29 @@
 
 load_policy initialises the policy first when asked (initialise_policy: SFT on the RL prompts'
 reference answers through train/loop.py); load_value_and_reward builds the value model and the
-reward function. Both bases share the run's one FeatureCache.
+reward function. Both bases share the run's one FeatureCache. read_prompts reads the RL prompts
+(dropping over-long questions together with their videos); prompt_examples turns them into the
+examples the policy and the reward model read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.errors import ConfigError, RecordError, UserError
+from vlm_rlaif.models.adapter import VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarHead, ScalarModel
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import read_instruction_file
+from vlm_rlaif.train.data import SourcedRecord, check_video_exists, read_instruction_file
 
 if TYPE_CHECKING:  # ppo.py imports this module; its types are for annotations only
     from vlm_rlaif.train.ppo import PPOConfig, RewardFn
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # The LoRA adapters' names on the two bases.
 POLICY, REFERENCE, VALUE = "policy", "reference", "value"
+
+
+# ---------------------------------------------------------------------------- the bases
 
 
 def load_policy(
@@ -195,14 +202,61 @@ def frame_store(config: PPOConfig, lm: VideoLM) -> FrameStore:
     return FrameStore(root, FrameSampling(num_frames=num_frames_of(config, lm)), max_videos=config.data.frame_cache_videos)
 
 
+
+# ---------------------------------------------------------------------------- RL prompts
+
+
+@dataclass
+class Prompt:
+    """One RL prompt: the question about a record's video."""
+
+    id: str
+    question: str
+    sourced: SourcedRecord
+
+
+def read_prompts(path: Path, video_root: Path, tokenizer, max_question_tokens: int) -> tuple[list[Prompt], int]:
+    """The prompts of an instruction file (first human turn) whose video exists, and how many were
+    dropped for a question over max_question_tokens tokens."""
+    prompts, dropped = [], 0
+    for sourced in read_instruction_file(path):
+        check_video_exists(video_root, sourced)
+        question = sourced.record.question
+        if not question:
+            raise RecordError(f"{sourced.where}: the first human turn holds no question")
+        if len(tokenizer(question, add_special_tokens=False)["input_ids"]) > max_question_tokens:
+            dropped += 1  # the prompt and its video go together: nothing can misalign
+            continue
+        prompts.append(Prompt(sourced.record.id, question, sourced))
+    return prompts, dropped
+
+
+def prompt_examples(prompts: Sequence[Prompt], store: FrameStore) -> list[VideoExample]:
+    """One question-about-a-video example per prompt, built as the reward model builds its prompts."""
+    from vlm_rlaif.reward import prompt_example
+
+    examples = []
+    for prompt in prompts:
+        try:
+            frames, key = store.for_record(prompt.sourced.record, where=prompt.sourced.where)
+        except UserError as err:
+            if isinstance(err, RecordError):
+                raise
+            raise RecordError(f"{prompt.sourced.where}: {err}") from err
+        examples.append(prompt_example(prompt.question, frames, key))
+    return examples
+
 __all__ = [
     "POLICY",
     "REFERENCE",
     "VALUE",
+    "Prompt",
     "frame_store",
     "initialise_policy",
     "load_policy",
     "load_value_and_reward",
     "num_frames_of",
+    "prompt_examples",
+    "read_prompts",
     "share_feature_cache",
 ]
