@@ -28,8 +28,8 @@ Top to bottom:
 3. Metrics per iteration (metrics.jsonl), a few rollouts per iteration in samples.jsonl, a checkpoint
    every `save_every` iterations; a re-run on the directory resumes from the newest checkpoint.
 
-Loading the bases and initialising the policy live in train/ppo_setup.py; the checkpoint files in
-train/checkpoints.py.
+Loading the bases, initialising the policy and reading the RL prompts live in train/ppo_setup.py;
+the checkpoint files in train/checkpoints.py.
 
 Deviations from the paper's code (fixes): the sequence reward goes on each response's last real token
 (the code adds it at the last padded column); padding never enters the KL, whitening or losses; the
