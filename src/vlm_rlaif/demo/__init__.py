@@ -22,12 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def toy_recipe_path() -> Path:
-    """The toy recipe shipped with the package (an installed wheel), else the checkout's copy."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "recipes" / "toy.yaml", here.parent.parent / "recipes" / "toy.yaml"):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError("the toy recipe (recipes/toy.yaml) is missing from this installation")
+    """The toy recipe shipped inside the package (the checkout's `recipes/` links to the same folder)."""
+    path = Path(__file__).resolve().parent.parent / "recipes" / "toy.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"the toy recipe is missing from this installation: {path}")
+    return path
 
 
 def run_demo(
