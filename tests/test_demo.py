@@ -84,3 +84,22 @@ def test_demo_resumes_after_a_kill(tmp_path):
     assert statuses["toyworld"] == "reused" and statuses["sft"] == "reused"
     assert statuses["eval"] in ("ran", "resumed")
     assert "continued earlier work" in (out / "report.md").read_text()
+
+
+def test_comparison_counts_an_unparsed_choice_as_wrong_like_the_eval_stage(tmp_path):
+    """Multiple choice: a reply naming no option is wrong (eval.aggregate); the report's paired
+    comparison must not drop those items, or an off-format model would look better."""
+    from vlm_rlaif.demo.report import compare_models
+
+    def write(model, rows):
+        path = tmp_path / "eval" / "judgements" / model / "mcq.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"criterion": "choice", **r}) + "\n" for r in rows))
+
+    write("sft", [{"id": f"q{i}", "status": "ok", "yes": i < 2} for i in range(4)])  # 2 of 4 right
+    write("rlaif", [{"id": "q0", "status": "ok", "yes": True}, {"id": "q1", "status": "invalid", "yes": None},
+                    {"id": "q2", "status": "invalid", "yes": None}, {"id": "q3", "status": "invalid", "yes": None}])
+    row = next(r for r in compare_models(tmp_path, ["sft", "rlaif"]) if r["measure"].startswith("multiple-choice"))
+    assert row["models"]["rlaif"]["value"] == pytest.approx(25.0)  # 1 of 4, not 1 of 1
+    assert row["models"]["sft"]["value"] == pytest.approx(50.0)
+    assert row["vs_baseline"]["rlaif"]["value"] == pytest.approx(-25.0)  # paired over all 4 items

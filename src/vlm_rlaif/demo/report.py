@@ -193,11 +193,15 @@ def _ppo_section(run_dir: Path) -> list[str]:
 
 
 def _eval_items(run_dir: Path, model: str, bench: str, criterion: str) -> dict[str, dict]:
+    """id -> judgement of the items that count: "ok" ones, and for multiple choice also the replies
+    that name no option (wrong, as eval.aggregate counts them; else a model that answers off-format
+    would look better and the paired comparison would drop exactly its failures)."""
     path = run_dir / "eval" / "judgements" / model / f"{bench}.jsonl"
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r for r in rows if r["criterion"] == criterion and r["status"] == "ok"}
+    counted = ("ok", "invalid") if criterion == "choice" else ("ok",)
+    return {r["id"]: r for r in rows if r["criterion"] == criterion and r["status"] in counted}
 
 
 def compare_models(run_dir: Path, models: list[str], baseline: str = "sft") -> list[dict]:
