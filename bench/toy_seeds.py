@@ -121,7 +121,7 @@ def _f(x, digits=3, sign=False) -> str:
 
 
 def _ci(e: dict, digits=3, sign=False) -> str:
-    value = e.get("value", e.get("mean", e.get("rate")))
+    value = next((e[k] for k in ("value", "mean", "rate", "difference") if k in e), None)
     low, high = e.get("low"), e.get("high")
     if low is None and e.get("ci95"):
         low, high = e["ci95"]
