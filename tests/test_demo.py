@@ -103,3 +103,19 @@ def test_comparison_counts_an_unparsed_choice_as_wrong_like_the_eval_stage(tmp_p
     assert row["models"]["rlaif"]["value"] == pytest.approx(25.0)  # 1 of 4, not 1 of 1
     assert row["models"]["sft"]["value"] == pytest.approx(50.0)
     assert row["vs_baseline"]["rlaif"]["value"] == pytest.approx(-25.0)  # paired over all 4 items
+
+
+@pytest.mark.parametrize("interval, warned", [((0.41, 0.49), True), ((0.47, 0.55), True), ((0.52, 0.60), False)])
+def test_report_says_when_the_judge_is_not_better_than_chance(tmp_path, interval, warned):
+    from vlm_rlaif.demo.report import _judge_section
+
+    def condition(rate):
+        estimate = {"rate": rate, "ci95": list(interval), "n": 500}
+        return {"mean_of_orders": estimate, "kept_labels": estimate, "kept": 500, "order_agreement": 0.2}
+
+    summary = {"pairs": 600, "oracle_ties": 100, "context": condition(sum(interval) / 2),
+               "no_context": condition(sum(interval) / 2), "difference_context_minus_no_context": {"n": 500, "difference": 0.0, "ci95": [-0.03, 0.03]}}
+    (tmp_path / "judge_context").mkdir()
+    (tmp_path / "judge_context" / "summary.json").write_text(json.dumps(summary))
+    text = "\n".join(_judge_section(tmp_path))
+    assert ("not measurably better than chance" in text) == warned

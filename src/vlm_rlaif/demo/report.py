@@ -123,6 +123,15 @@ def _judge_section(run_dir: Path) -> list[str]:
         f"**{_fmt(d['difference'])}**{_ci(*(d['ci95'] or (None, None)))} (bootstrap 95%).",
         "",
     ]
+    low, _ = s["context"]["mean_of_orders"]["ci95"] or (None, None)
+    if low is not None and low <= 0.5:
+        lines += [
+            "**The judge is not measurably better than chance here** (the lower end of its interval is at or "
+            "below 0.5): the preference labels carry no usable signal for the reward model, and RLAIF cannot be expected to beat SFT. To tell that "
+            "apart from a fault in the later stages, rerun with the pairs labelled by the oracle "
+            "(`bench/toy_seeds.py --oracle-control`).",
+            "",
+        ]
     if _plot_judge(s, run_dir / "judge_context.png"):
         lines += ["![judge agreement with the oracle](judge_context.png)", ""]
     return lines
