@@ -8,8 +8,13 @@ judge-skill examples of short questions that carry the TRUE clip descriptions as
 corruption type. Corruptions visible in the text alone (an invented event, a repeated sentence) can
 be learnt from form; the content ones (wrong colour, shape, count, ...) need the answer to be checked
 against the context. If the content ones stay at chance here, the context-aware judge cannot work at
-this size and budget, whatever the video path does. One JSON line per run is appended to
-bench/out/probe_judge_reading.jsonl.
+this size and budget, whatever the video path does.
+
+--reason-first splits the skill in two: the target becomes "<the correct answer> Better answer: X.",
+the probe generates that reason greedily and reads the verdict after it, and it also reports how often
+the generated reason is right by the oracle (reason=<question type>): whether the model can read the
+fact off the context at all, apart from comparing the two answers with it. One JSON line per run is
+appended to bench/out/probe_judge_reading.jsonl.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ LONG_QTYPES = {"describe", "describe_events", "describe_object", "describe_clip"
 
 def main() -> None:
     from vlm_rlaif.data.records import InstructionRecord, to_messages
-    from vlm_rlaif.models import VideoExample, build_tiny_model, train_tokenizer
+    from vlm_rlaif.models import GenerationSettings, VideoExample, build_tiny_model, train_tokenizer
     from vlm_rlaif.prompts import load_prompt
+    from vlm_rlaif.toyworld import Oracle
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, required=True, help="a toy world directory (vlm-rlaif toyworld)")
@@ -43,6 +49,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--test", type=int, default=400, help="held-out judge examples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reason-first", action="store_true", help="state the correct answer, then the verdict")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -57,9 +64,17 @@ def main() -> None:
     random.Random(args.seed).shuffle(records)
     test, train = records[: args.test], records[args.test :]
     prefix = load_prompt("judge_verdict_prefix").text
+    manifest = json.loads((args.world / "manifest.json").read_text())
+    oracle = Oracle(order_gap=manifest.get("config", {}).get("order_gap", 3))
+
+    def right_answer(params: dict) -> str:
+        return params["answers"][0 if params["better"] == "A" else 1]
 
     def example(record, with_answer: bool = True) -> VideoExample:
         turns = [{"role": m["role"], "content": m["content"]} for m in to_messages(record.conversations)]
+        params = record.model_extra["toy"]["params"]
+        if args.reason_first and with_answer:
+            turns[1]["content"] = f"{right_answer(params)} {prefix} {params['better']}."
         return VideoExample([{"role": "system", "content": "A chat."}] + (turns if with_answer else turns[:1]))
 
     def evaluate() -> dict:
@@ -68,12 +83,24 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(test), 50):
                 batch = test[i : i + 50]
-                rows = lm.next_token_logprobs([example(r, False) for r in batch], [" A", " B"], assistant_prefix=prefix)
+                if args.reason_first:
+                    rows = []
+                    greedy = GenerationSettings(max_new_tokens=40, temperature=0.0, batch_size=50)
+                    for record, out in zip(batch, lm.generate([example(r, False) for r in batch], greedy)):
+                        reason = out.text.split(prefix)[0].strip()
+                        params, toy = record.model_extra["toy"]["params"], record.model_extra["toy"]
+                        meta = {"video_id": toy["video_id"], "qtype": params["base_qtype"], "params": params["base_params"]}
+                        checked = oracle.check(oracle.load_truth(args.world, toy["video_id"]), meta, reason)
+                        by_kind["reason=" + params["base_qtype"]].append(bool(checked.correct))
+                        rows += lm.next_token_logprobs([example(record, False)], [" A", " B"],
+                                                       assistant_prefix=f"{reason} {prefix}").tolist()
+                else:
+                    rows = lm.next_token_logprobs([example(r, False) for r in batch], [" A", " B"], assistant_prefix=prefix)
                 for record, row in zip(batch, rows):
                     params = record.model_extra["toy"]["params"]
                     by_kind[params["corruption"]].append(("A" if row[0] > row[1] else "B") == params["better"])
         lm.model.train()
-        every = [x for v in by_kind.values() for x in v]
+        every = [x for kind, v in by_kind.items() if not kind.startswith("reason=") for x in v]
         return {"accuracy": round(sum(every) / len(every), 3),
                 "by_corruption": {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 3)} for k, v in sorted(by_kind.items())}}
 
