@@ -10,7 +10,8 @@ be learnt from form; the content ones (wrong colour, shape, count, ...) need the
 against the context. If the content ones stay at chance here, the context-aware judge cannot work at
 this size and budget, whatever the video path does.
 
---reason-first splits the skill in two: the target becomes "<the correct answer> Better answer: X.",
+--reason-first splits the skill in two: the target becomes "<the correct answer> Better answer: X."
+(with --reason-copies-answers: "<the correct answer> Answer A: <A> Answer B: <B> Better answer: X."),
 the probe generates that reason greedily and reads the verdict after it, and it also reports how often
 the generated reason is right by the oracle (reason=<question type>): whether the model can read the
 fact off the context at all, apart from comparing the two answers with it. One JSON line per run is
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=400, help="held-out judge examples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reason-first", action="store_true", help="state the correct answer, then the verdict")
+    parser.add_argument("--reason-copies-answers", action="store_true",
+                        help="with --reason-first: the reason also restates answers A and B before the verdict")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -74,7 +77,8 @@ def main() -> None:
         turns = [{"role": m["role"], "content": m["content"]} for m in to_messages(record.conversations)]
         params = record.model_extra["toy"]["params"]
         if args.reason_first and with_answer:
-            turns[1]["content"] = f"{right_answer(params)} {prefix} {params['better']}."
+            copies = f" Answer A: {params['answers'][0]} Answer B: {params['answers'][1]}" if args.reason_copies_answers else ""
+            turns[1]["content"] = f"{right_answer(params)}{copies} {prefix} {params['better']}."
         return VideoExample([{"role": "system", "content": "A chat."}] + (turns if with_answer else turns[:1]))
 
     def evaluate() -> dict:
@@ -88,9 +92,10 @@ def main() -> None:
                     greedy = GenerationSettings(max_new_tokens=40, temperature=0.0, batch_size=50)
                     for record, out in zip(batch, lm.generate([example(r, False) for r in batch], greedy)):
                         reason = out.text.split(prefix)[0].strip()
+                        stated = reason.split(" Answer A:")[0]
                         params, toy = record.model_extra["toy"]["params"], record.model_extra["toy"]
                         meta = {"video_id": toy["video_id"], "qtype": params["base_qtype"], "params": params["base_params"]}
-                        checked = oracle.check(oracle.load_truth(args.world, toy["video_id"]), meta, reason)
+                        checked = oracle.check(oracle.load_truth(args.world, toy["video_id"]), meta, stated)
                         by_kind["reason=" + params["base_qtype"]].append(bool(checked.correct))
                         rows += lm.next_token_logprobs([example(record, False)], [" A", " B"],
                                                        assistant_prefix=f"{reason} {prefix}").tolist()
