@@ -40,6 +40,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _rate(estimate: dict) -> str:
+    """"0.452 [0.410, 0.494]" from an agreement estimate (rate and ci95; either may be missing)."""
+    return _fmt(estimate.get("rate")) + _ci(*(estimate.get("ci95") or (None, None)))
+
+
 def _ci(low: float | None, high: float | None, digits: int = 3) -> str:
     return "" if low is None or high is None else f" [{low:.{digits}f}, {high:.{digits}f}]"
 
@@ -113,8 +118,7 @@ def _judge_section(run_dir: Path) -> list[str]:
         c = s[condition]
         m, k = c["mean_of_orders"], c["kept_labels"]
         lines.append(
-            f"| {label} | {_fmt(m['rate'])}{_ci(*(m['ci95'] or (None, None)))} | {m['n']} | "
-            f"{_fmt(k['rate'])}{_ci(*(k['ci95'] or (None, None)))} | {c['kept']} | {_fmt(c['order_agreement'])} |"
+            f"| {label} | {_rate(m)} | {m['n']} | {_rate(k)} | {c['kept']} | {_fmt(c['order_agreement'])} |"
         )
     d = s["difference_context_minus_no_context"]
     lines += [
@@ -149,7 +153,7 @@ def _feedback_section(run_dir: Path) -> list[str]:
         f"(position policy `{s['position_policy']}`), dropped {s['pairs_inconsistent']} whose two orders "
         f"disagreed, {s['pairs_tie']} ties, {s['pairs_invalid']} invalid. The two orders agreed on "
         f"{_fmt((s.get('order_agreement') or {}).get('rate'))} of pairs. The kept labels agree with the "
-        f"oracle on {_fmt(oracle.get('rate'))}{_ci(*(oracle.get('ci95') or (None, None)))} "
+        f"oracle on {_rate(oracle)} "
         f"(n={oracle.get('n', 0)}). Throughput: {(s.get('this_run') or {}).get('pairs_per_minute', 'n/a')} pairs per minute.",
         "",
     ]
@@ -166,7 +170,7 @@ def _rm_section(run_dir: Path) -> list[str]:
         "",
         f"Trained on {s['train_pairs']} AI-labelled pairs ({s['steps']} steps); on {held.get('pairs', 0)} held-out "
         f"pairs (held out by video) its pairwise accuracy against the AI labels is {_fmt(held.get('accuracy'))}, "
-        f"and it agrees with the oracle on {_fmt(oracle.get('rate'))}{_ci(*(oracle.get('ci95') or (None, None)))} "
+        f"and it agrees with the oracle on {_rate(oracle)} "
         f"(n={oracle.get('n', 0)}).",
         "",
     ]
