@@ -32,7 +32,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_FILE = REPO / "bench" / "out" / "probe_judge_reading.jsonl"
-LONG_QTYPES = {"describe", "describe_events", "describe_object", "describe_clip"}
 
 
 def main() -> None:
@@ -40,6 +39,7 @@ def main() -> None:
     from vlm_rlaif.models import GenerationSettings, VideoExample, build_tiny_model, train_tokenizer
     from vlm_rlaif.prompts import load_prompt
     from vlm_rlaif.toyworld import Oracle
+    from vlm_rlaif.toyworld.questions import SHORT_QTYPES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", type=Path, required=True, help="a toy world directory (vlm-rlaif toyworld)")
@@ -59,7 +59,7 @@ def main() -> None:
     sft = args.world / "sft"
     records = [InstructionRecord.model_validate(r) for r in json.loads((sft / "SFT_judge.json").read_text())]
     records = [r for r in records if r.model_extra["toy"]["params"]["context"]
-               and r.model_extra["toy"]["params"]["base_qtype"] not in LONG_QTYPES]
+               and r.model_extra["toy"]["params"]["base_qtype"] in SHORT_QTYPES]
     texts = [turn["value"] for name in ("SFT_short", "SFT_long", "SFT_clips", "SFT_judge")
              for r in json.loads((sft / f"{name}.json").read_text()) for turn in r["conversations"]]
     lm = build_tiny_model(args.size, train_tokenizer(texts, vocab_size=1024), seed=args.seed)
