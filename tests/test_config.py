@@ -73,6 +73,13 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     assert "did you mean 'optim.warmup_ratio'" in str(err.value)
 
 
+def test_non_utf8_config_file_names_the_file_and_line(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_bytes(b"optim:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: not UTF-8 text"):
+        load_config(Stage, cfg_file)
+
+
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(Stage, Path("/nonexistent/c.yaml"))

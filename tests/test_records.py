@@ -136,6 +136,18 @@ def test_malformed_json_names_line(tmp_path):
         read_records(tmp_path / "missing.jsonl", VCGRecord)
 
 
+def test_non_utf8_file_is_a_record_error_naming_file_and_line(tmp_path):
+    # Latin-1 "é" (0xe9) on line 3: a file saved in the wrong encoding.
+    for name in ("x.json", "x.jsonl"):
+        path = tmp_path / name
+        rows = [b'{"video_name": "a", "Q": "q", "A": "a"}', b'{"video_name": "b", "Q": "q", "A": "a"}', b'{"video_name": "caf\xe9", "Q": "q", "A": "a"}']
+        body = b"[\n" + b",\n".join(rows) + b"\n]\n" if name.endswith(".json") else b"\n".join(rows) + b"\n"
+        path.write_bytes(body)
+        line = 4 if name.endswith(".json") else 3
+        with pytest.raises(RecordError, match=rf"{name}:{line}: not UTF-8 text \(byte 0xe9"):
+            read_records(path, VCGRecord)
+
+
 def test_jsonl_writer_survives_a_kill_and_resumes(tmp_path):
     out = tmp_path / "out.jsonl"
     script = textwrap.dedent(

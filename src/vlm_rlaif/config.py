@@ -42,7 +42,12 @@ def load_config(
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            line = path.read_bytes().count(b"\n", 0, err.start) + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte offset {err.start}); save the file as UTF-8") from None
+        loaded = yaml.safe_load(text) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a YAML mapping")
         if section and isinstance(loaded.get(section), dict):

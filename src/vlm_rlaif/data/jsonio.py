@@ -71,7 +71,7 @@ def iter_raw(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, d
     path = Path(path)
     if not path.exists():
         raise RecordError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if path.suffix == ".json" and text.lstrip().startswith("["):
         items: Iterable[tuple[int, object]] = _iter_json_array(path, text)
     elif path.suffix == ".json" and _is_single_json_value(text):
@@ -82,6 +82,20 @@ def iter_raw(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, d
         if not isinstance(obj, dict):
             raise RecordError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
         yield line, obj
+
+
+def read_utf8(path: str | Path) -> str:
+    """A text file's content; bytes that are not UTF-8 raise RecordError naming the file, line and byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise RecordError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}, offset {err.start}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _is_single_json_value(text: str) -> bool:
