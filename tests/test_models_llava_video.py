@@ -66,11 +66,13 @@ def test_preprocess_pads_with_mean_colour_resizes_and_normalises():
     assert out.shape == (3, 3, 4, 4) and out.dtype == torch.float32
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
     white = (1 - mean) / std
-    padding = ((mean * 255).round() / 255 - mean) / std  # the mean colour, up to uint8 rounding
+    # LLaVA's padding colour: tuple(int(x * 255) for x in image_mean), truncated.
+    fill = torch.tensor([int(x * 255) for x in CLIP_MEAN], dtype=torch.float32).view(3, 1, 1)
+    padding = (fill / 255 - mean) / std
     torch.testing.assert_close(out[0, :, 1:3, :], white.expand(3, 2, 4))
     torch.testing.assert_close(out[0, :, 0, :], padding[:, 0].expand(3, 4))
     torch.testing.assert_close(out[0, :, 3, :], padding[:, 0].expand(3, 4))
-    assert padding.abs().max() < 0.01
+    assert ((mean * 255 - fill) >= 0).all() and ((mean * 255 - fill) < 1).all()  # within one uint8 step below
     resized = preprocess_frames(frames(5, 40, 30), image_size=32, resample="bilinear")
     assert resized.shape == (5, 3, 32, 32)
     assert torch.equal(preprocess_frames(torch.from_numpy(frames(2)), 32), preprocess_frames(frames(2), 32))

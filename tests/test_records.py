@@ -183,3 +183,32 @@ def test_paths_resolve_under_root(tmp_path):
     os.symlink("/etc", root / "link")
     with pytest.raises(RecordError, match="escapes"):
         resolve_under(root, "link/passwd")
+
+
+def test_image_placeholder_of_the_public_files_is_stripped():
+    # SFT, PPO_init and the RL prompts open human turns with "<image>\n", not "<video>\n".
+    from vlm_rlaif.data.records import to_messages
+
+    record = InstructionRecord.model_validate(
+        {
+            "id": "v1_1",
+            "video": "videos/v1.mp4",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat colour is the ball?"},
+                {"from": "gpt", "value": "It is red."},
+            ],
+        }
+    )
+    assert record.question == "What colour is the ball?"
+    assert [m["content"] for m in to_messages(record.conversations)] == ["What colour is the ball?", "It is red."]
+    pair = PreferenceRecord.model_validate(
+        {
+            "id": "p1",
+            "video": "a.mp4",
+            "conversations": [{"from": "human", "value": "<video>\n<image>\nq"}],
+            "output_1": {"value": "a"},
+            "output_2": {"value": "b"},
+            "preference": 1,
+        }
+    )
+    assert pair.question == "q"

@@ -16,6 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 VIDEO_PLACEHOLDER = "<video>"
+# The public instruction files (SFT, PPO_init, RL prompts) open human turns with LLaVA's image
+# placeholder instead; the model adapter places the video itself, so both are removed.
+IMAGE_PLACEHOLDER = "<image>"
 
 
 class _Record(BaseModel):
@@ -184,11 +187,12 @@ class MCQRecord(_Record):
 
 
 def strip_placeholder(text: str) -> str:
-    return text.replace(VIDEO_PLACEHOLDER, "").strip()
+    """The text without the video and image placeholders (and the whitespace around it)."""
+    return text.replace(VIDEO_PLACEHOLDER, "").replace(IMAGE_PLACEHOLDER, "").strip()
 
 
 def to_messages(conversations: list[Turn]) -> list[dict[str, str]]:
     """LLaVA turns ({from: human|gpt, value}) -> chat messages ({role: user|assistant, content}),
-    without the video placeholder (the model adapter places the video itself)."""
+    without the video / image placeholders (the model adapter places the video itself)."""
     roles = {"human": "user", "gpt": "assistant"}
     return [{"role": roles[t.speaker], "content": strip_placeholder(t.value)} for t in conversations]

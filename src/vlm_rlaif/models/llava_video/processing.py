@@ -85,7 +85,8 @@ def preprocess_frames(
     side = max(height, width)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    canvas = (mean_t * 255).round().expand(num_frames, 3, side, side).clone()
+    # LLaVA's expand2square fills with tuple(int(x * 255) for x in image_mean): truncated, not rounded.
+    canvas = (mean_t * 255).floor().expand(num_frames, 3, side, side).clone()
     top, left = (side - height) // 2, (side - width) // 2
     canvas[:, :, top : top + height, left : left + width] = pixels.permute(0, 3, 1, 2).float()
     if side != image_size:
