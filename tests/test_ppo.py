@@ -314,6 +314,30 @@ def test_reward_model_scores_and_initialises_the_value_model(world, tmp_path):
     assert summary["iterations"] == 1 and summary["reward"]["reward"] == str(tmp_path / "rm")
 
 
+def test_restart_before_the_first_checkpoint_logs_each_iteration_once(world, tmp_path):
+    class Killed(Exception):
+        pass
+
+    config = ppo_config(world, tmp_path / "run", ppo={"epochs": 2, "save_every": 0})  # 4 iterations
+    calls = [0]
+
+    def dies_in_iteration_2(examples, texts):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise Killed  # stands in for a kill: nothing is finalised
+        return says_red(examples, texts)
+
+    with pytest.raises(Killed):
+        run_ppo(config, reward_fn=dies_in_iteration_2)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+
+    run_ppo(config, reward_fn=says_red)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    samples = [json.loads(line)["iteration"] for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples == sorted(samples) and samples.count(1) == samples.count(2)
+
+
 KILL_SCRIPT = """
 import json, os, signal, sys
 import torch

@@ -165,6 +165,35 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # rows the killed run logged after its checkpoint were dropped
 
 
+def test_restart_before_the_first_checkpoint_logs_each_step_once(tmp_path):
+    class Killed(Exception):
+        pass
+
+    model = small_net()
+    data, eval_data = regression_data(4), regression_data(1, seed=9)
+    settings = TrainSettings(lr=0.05, save_every=3, cpu=True)
+    calls = [0]
+
+    def dies_in_step_2(batch):
+        calls[0] += 1
+        if calls[0] == 3:  # the eval at step 0, step 1, then step 2's batch
+            raise Killed
+        return mse_loss_of(model)(batch)
+
+    run = RunDir.open(tmp_path / "run", "loop-test", {}, seed=0)
+    with pytest.raises(Killed):
+        train(model, dies_in_step_2, data, settings, eval_batches=eval_data, run=run)
+    assert latest_checkpoint(run.path / "checkpoints") is None
+    assert [row["step"] for row in read_metrics(run.path)] == [0, 1]
+
+    run = RunDir.open(tmp_path / "run", "loop-test", {}, seed=0)
+    assert run.resumed
+    fresh = small_net()
+    result = train(fresh, mse_loss_of(fresh), data, settings, eval_batches=eval_data, run=run)
+    assert result.resumed_from_step is None
+    assert [row["step"] for row in read_metrics(run.path)] == [0, 1, 2, 3, 4, 4]  # step 4: train row, final eval
+
+
 def test_resume_refuses_changed_data(tmp_path):
     model = small_net()
     settings = TrainSettings(lr=0.05, save_every=1, cpu=True)

@@ -166,8 +166,10 @@ def train(
         latest = latest_checkpoint(checkpoints)
         if latest is not None:
             resumed_from = _load_checkpoint(latest, model, optimizer, scheduler, len(batches), settings, world, rank)
-            if accelerator.is_main_process:
-                drop_rows_after(run.path / "metrics.jsonl", "step", resumed_from)
+        if accelerator.is_main_process:
+            # Every step after the checkpoint is redone and logged again; without a checkpoint that is
+            # all of them, the evaluation at step 0 included.
+            drop_rows_after(run.path / "metrics.jsonl", "step", -1 if resumed_from is None else resumed_from)
     start_step = resumed_from or 0
 
     def evaluate(step: int, history: list) -> None:

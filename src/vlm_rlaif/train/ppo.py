@@ -707,10 +707,11 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
     latest = checkpoints.latest_checkpoint(checkpoint_dir, CHECKPOINT_PREFIX)
     if latest is not None:
         start = trainer.load_checkpoint(latest, layout)
-        if accelerator.is_main_process:
-            drop_rows_after(out / "metrics.jsonl", "step", start)
-            drop_rows_after(out / "samples.jsonl", "iteration", start)
         log.info("resumed PPO after iteration %d from %s", start, latest)
+    if accelerator.is_main_process:
+        # The iterations after the checkpoint (all of them without one) are redone and logged again.
+        drop_rows_after(out / "metrics.jsonl", "step", start)
+        drop_rows_after(out / "samples.jsonl", "iteration", start)
 
     samples = JsonlWriter(out / "samples.jsonl") if accelerator.is_main_process else None
     started = time.time()
