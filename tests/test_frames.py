@@ -4,7 +4,7 @@ import pytest
 from vlm_rlaif.data import ClipSpec, InstructionRecord
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.data.records import Turn, to_messages
-from vlm_rlaif.errors import RecordError
+from vlm_rlaif.errors import RecordError, UserError
 from vlm_rlaif.video import write_video
 
 
@@ -52,3 +52,24 @@ def test_clip_count_mismatch_and_escape(video_root):
 def test_to_messages():
     turns = [Turn.model_validate({"from": "human", "value": "<video>\nWhat?"}), Turn.model_validate({"from": "gpt", "value": "That."})]
     assert to_messages(turns) == [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "That."}]
+
+
+def test_playlists_in_the_root_do_not_read_outside_it(tmp_path):
+    """An HLS playlist or concat list under the root names a video outside it: every stage reads
+    through FrameStore, which refuses them, with the same error whether the target exists or not."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_video(np.full((6, 32, 32, 3), 99, np.uint8), outside / "secret.mp4")
+    root = tmp_path / "root"
+    root.mkdir()
+    store = FrameStore(root, FrameSampling(num_frames=4, clip_max_frames=4))
+    reasons = {}
+    for target in ("secret.mp4", "missing.mp4"):
+        hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{outside / target}\n#EXT-X-ENDLIST\n"
+        (root / f"{target}.m3u8").write_text(hls)
+        (root / f"{target}.txt").write_text(f"ffconcat version 1.0\nfile {outside / target}\n")
+        for name in (f"{target}.m3u8", f"{target}.txt"):
+            with pytest.raises(UserError, match="cannot open as a video") as caught:
+                store.video(name, where="f.json:3 (id r)")
+            reasons.setdefault(name.split(".", 2)[-1], set()).add(str(caught.value).replace(target, "T"))
+    assert all(len(r) == 1 for r in reasons.values()), reasons

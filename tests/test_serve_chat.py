@@ -180,6 +180,37 @@ def test_models_route_and_bad_requests(server, video_root, tmp_path):
     assert status == 404
 
 
+def test_playlists_and_concat_lists_are_refused_alike_for_existing_and_missing_files(server, video_root, tmp_path):
+    """A playlist (sent as a file in the root or as a data URL) naming a file outside the root gets the
+    same 400 whether that file exists: the answer tells nothing about the server's files."""
+    write_video(video("red"), tmp_path / "secret.mp4", fps=4)
+    replies = {}
+    for target in ("secret.mp4", "missing.mp4"):
+        hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{tmp_path / target}\n#EXT-X-ENDLIST\n"
+        concat = f"ffconcat version 1.0\nfile {tmp_path / target}\n"
+        (video_root / f"{target}.m3u8").write_text(hls)
+        (video_root / f"{target}.mp4").write_text(hls)
+        (video_root / f"{target}.ffconcat").write_text(concat)
+        urls = {
+            "m3u8 file": f"{target}.m3u8",
+            "m3u8 named mp4": f"{target}.mp4",
+            "concat file": f"{target}.ffconcat",
+            "m3u8 data url": "data:application/vnd.apple.mpegurl;base64," + base64.b64encode(hls.encode()).decode(),
+            "m3u8 data url as video": "data:video/m3u8;base64," + base64.b64encode(hls.encode()).decode(),
+            "m3u8 in video/mp4": "data:video/mp4;base64," + base64.b64encode(hls.encode()).decode(),
+            "concat in video/mp4": "data:video/mp4;base64," + base64.b64encode(concat.encode()).decode(),
+        }
+        for case, url in urls.items():
+            part = {"type": "video_url", "video_url": {"url": url}}
+            status, reply = post(server, {"messages": [{"role": "user", "content": [part, {"type": "text", "text": QUESTION}]}], "max_tokens": 2})
+            message = reply["error"]["message"] if status != 200 else ""
+            replies.setdefault(case, set()).add((status, message.replace(target, "T")))
+            assert status == 400, (case, reply)
+    assert all(len(r) == 1 for r in replies.values()), replies
+    assert "video data URLs must be of type" in next(iter(replies["m3u8 data url"]))[1]
+    assert "video data URLs must be of type" in next(iter(replies["m3u8 data url as video"]))[1]
+
+
 def test_no_video_root_means_no_local_files(judge, video_root):
     server = VideoLMServer(("127.0.0.1", 0), judge, model_name="m", num_frames=FRAMES)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

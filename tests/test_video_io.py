@@ -558,3 +558,59 @@ def test_auto_backend_falls_back_to_pyav_when_torchcodec_fails(tmp_path, monkeyp
     with pytest.raises(VideoLoadError, match="torchcodec") as caught:
         load_video(path, num_frames=3, backend="torchcodec")
     assert str(caught.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------- container allowlist
+
+
+def playlists_to(target, folder):
+    """Files inside `folder` that make FFmpeg read `target` (outside it): an HLS playlist, the same
+    playlist named .mp4, and a concat list."""
+    hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{target}\n#EXT-X-ENDLIST\n"
+    (folder / "list.m3u8").write_text(hls)
+    (folder / "fake.mp4").write_text(hls)
+    (folder / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {target}\n")
+    return [folder / "list.m3u8", folder / "fake.mp4", folder / "list.ffconcat"]
+
+
+def test_playlists_and_concat_lists_are_refused_whether_or_not_their_target_exists(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = write_video(pattern_frames(6), outside / "secret.mp4")
+    messages = {}
+    for target in (secret, outside / "missing.mp4"):
+        root = tmp_path / f"root_{target.stem}"
+        root.mkdir()
+        for playlist in playlists_to(target, root):
+            for kwargs in [{}, {"num_frames": 4}]:
+                with pytest.raises(VideoLoadError, match="cannot open as a video") as caught:
+                    load_video(playlist, **kwargs)
+                assert caught.value.source == str(playlist)
+                messages.setdefault((playlist.name, str(kwargs)), set()).add(caught.value.reason.replace(str(root), "ROOT"))
+    # The same answer for an existing and a missing target: the error tells nothing about the file.
+    assert all(len(reasons) == 1 for reasons in messages.values()), messages
+
+
+def test_allowed_formats_still_open_by_content_not_extension(tmp_path):
+    mkv_named_mp4 = write_video(pattern_frames(6), tmp_path / "v.mkv").rename(tmp_path / "v.mp4")
+    assert read_indices(load_video(mkv_named_mp4, num_frames=3).frames) == [0, 2, 5]
+    image = tmp_path / "still.mp4"
+    Image.fromarray(pattern_frame(3)).save(image, format="PNG")  # a PNG is not a video container
+    with pytest.raises(VideoLoadError, match="not one of the container formats"):
+        load_video(image, num_frames=2)
+
+
+def test_torchcodec_is_not_handed_a_playlist(tmp_path, monkeypatch):
+    secret = write_video(pattern_frames(6), tmp_path / "secret.mp4")
+    root = tmp_path / "root"
+    root.mkdir()
+    opened = []
+    fake_torchcodec(monkeypatch)
+    import torchcodec.decoders
+
+    real = torchcodec.decoders.VideoDecoder
+    monkeypatch.setattr(torchcodec.decoders, "VideoDecoder", lambda path, **kw: opened.append(path) or real(path, **kw))
+    for playlist in playlists_to(secret, root):
+        with pytest.raises(VideoLoadError, match="cannot open as a video"):
+            load_video(playlist, num_frames=2, backend="torchcodec")
+    assert opened == []

@@ -10,7 +10,8 @@ content is a string or a list of parts:
   the server's video root. All frames of a video must have the same size.
 - {"type": "video_url", "video_url": {"url": ...}} (our extension): a video file, sampled to the
   server's frame count: a path relative to the video root, a file:// URL or absolute path inside
-  it, or a data:video/...;base64 URL.
+  it, or a data:video/...;base64 URL (types in VIDEO_MEDIA_TYPES). Files are decoded only as
+  mp4/mov, mkv/webm, avi or gif (by content): playlists and concat lists are refused.
 One video per conversation; the model sees it first in the first user turn wherever it was sent.
 Paths outside the video root, or any path when the server has none, are refused.
 """
@@ -226,11 +227,15 @@ def _video(url: str, video_root: Path | None, num_frames: int, where: str) -> tu
 
     try:
         if url.startswith("data:"):
+            suffix = _suffix(url, where)
             data = _data(url, where)
-            with tempfile.NamedTemporaryFile(suffix=_suffix(url)) as file:
+            with tempfile.NamedTemporaryFile(suffix=suffix) as file:
                 file.write(data)
                 file.flush()
-                frames = load_video(file.name, num_frames=num_frames).frames
+                try:
+                    frames = load_video(file.name, num_frames=num_frames).frames
+                except VideoLoadError as err:  # the temp file's name means nothing to the client
+                    raise BadRequest(f"{where}: the data URL's video {err.reason.replace(file.name, '(data)')}", "messages") from None
             return frames, f"serve:data:{hashlib.sha256(data).hexdigest()[:24]}@{num_frames}"
         path = _local_path(url, video_root, where)
         frames = load_video(str(path), num_frames=num_frames).frames
@@ -239,9 +244,28 @@ def _video(url: str, video_root: Path | None, num_frames: int, where: str) -> tu
         raise BadRequest(f"{where}: {err}", "messages") from None
 
 
-def _suffix(data_url: str) -> str:
-    media_type = data_url[5:].split(";", 1)[0]  # "video/mp4"
-    return "." + media_type.split("/", 1)[1] if "/" in media_type else ".mp4"
+# The temp file's suffix comes from this list, never from the client's text (".m3u8" would be
+# read as an HLS playlist); the decoder still checks the content's container format.
+VIDEO_MEDIA_TYPES = {
+    "video/mp4": ".mp4",
+    "video/quicktime": ".mov",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+    "video/matroska": ".mkv",
+    "video/x-msvideo": ".avi",
+    "video/avi": ".avi",
+    "image/gif": ".gif",
+}
+
+
+def _suffix(data_url: str, where: str) -> str:
+    media_type = data_url[5:].split(";", 1)[0].strip().lower()  # "video/mp4"
+    if media_type not in VIDEO_MEDIA_TYPES:
+        raise BadRequest(
+            f"{where}: video data URLs must be of type {', '.join(sorted(VIDEO_MEDIA_TYPES))}; got {media_type!r}",
+            "messages",
+        )
+    return VIDEO_MEDIA_TYPES[media_type]
 
 
 # ---------------------------------------------------------------- responses

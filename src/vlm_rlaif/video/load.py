@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vlm_rlaif.video.images import list_frame_images, read_images
-from vlm_rlaif.video.pyav_decode import read_with_pyav
+from vlm_rlaif.video.pyav_decode import check_container, read_with_pyav
 from vlm_rlaif.video.sampling import sample_fps, sample_uniform
 from vlm_rlaif.video.torchcodec_decode import read_with_torchcodec, torchcodec_available
 from vlm_rlaif.video.types import IndexPicker, Video, VideoLoadError
@@ -35,7 +35,8 @@ def load_video(
 ) -> Video:
     """Load frames from a video file, a frame folder, a list of frame images or an in-memory array.
 
-    source: path to a video file (mp4/webm/mkv/avi/mov/gif, anything FFmpeg reads); a folder of
+    source: path to a video file (mp4/mov, mkv/webm, avi, gif by content, whatever the extension:
+        other formats, HLS playlists and concat lists among them, are refused); a folder of
         jpg/jpeg/png frames (natural order: frame_2 before frame_10); a list of frame image paths;
         or a uint8 (T, H, W, 3) RGB numpy array or torch tensor.
     num_frames: that many frames by the paper's uniform rule (sample_uniform). fps: frames at that
@@ -78,6 +79,8 @@ def load_video(
         return _from_images(name, list_frame_images(path), pick, source_fps)
     if backend == "torchcodec" and not torchcodec_available():
         raise VideoLoadError(name, "backend='torchcodec' asked for, but torchcodec is not installed or does not load")
+    if backend != "pyav" and torchcodec_available():
+        check_container(name)  # torchcodec opens any format FFmpeg knows, playlists included
     if backend == "torchcodec":
         return read_with_torchcodec(name, pick)
     # AVI stamps packets in decode order; with B-frames torchcodec then returns wrong frames

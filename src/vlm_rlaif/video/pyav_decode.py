@@ -70,13 +70,46 @@ def read_with_pyav(path: str, pick: IndexPicker | None) -> Video:
         raise VideoLoadError(path, f"decoding failed, the file is corrupt or truncated (FFmpeg: {err})") from None
 
 
+# FFmpeg demuxers we decode (container.format.name). Others are refused: HLS playlists (.m3u8) and
+# concat lists name further files, absolute paths included, which would read outside the video root.
+ALLOWED_FORMATS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": "mp4/mov",
+    "matroska,webm": "mkv/webm",
+    "avi": "avi",
+    "gif": "gif",
+}
+# FFmpeg checks the probed demuxer against this list before it reads the header (where HLS would
+# open the files it lists); any part of a comma-separated demuxer name matches.
+_FORMAT_WHITELIST = "mov,matroska,avi,gif"
+# Only the file itself: no other protocol (concat:, subfile:, http:) may be named by the path.
+OPEN_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": _FORMAT_WHITELIST}
+ALLOWED_NAMES = "/".join(ALLOWED_FORMATS.values())
+
+
 def _open(path: str) -> av.container.InputContainer:
     try:
-        return av.open(path)
+        container = av.open(path, options=dict(OPEN_OPTIONS))
     except av.error.EOFError:
         raise VideoLoadError(path, "ends before its first video frame (empty or truncated file)") from None
+    except (av.error.ArgumentError, av.error.PermissionError):  # EINVAL/EPERM: refused by a whitelist
+        raise VideoLoadError(
+            path,
+            f"cannot open as a video: not one of the container formats read here ({ALLOWED_NAMES}); "
+            "playlists and concat lists are refused",
+        ) from None
     except av.error.FFmpegError as err:
         raise VideoLoadError(path, f"cannot open as a video (FFmpeg: {err})") from None
+    if container.format.name not in ALLOWED_FORMATS:  # the whitelist above should already refuse it
+        name = container.format.name
+        container.close()
+        raise VideoLoadError(path, f"cannot open as a video: container format {name!r} is not one of {ALLOWED_NAMES}")
+    return container
+
+
+def check_container(path: str) -> None:
+    """Raise VideoLoadError unless `path` is a file of an allowed container format (reads the header
+    only); run before a decoder that opens the file without our whitelists (torchcodec)."""
+    _open(path).close()
 
 
 def _read(path: str, container: av.container.InputContainer, pick: IndexPicker | None, count_frames: bool = False) -> Video:
