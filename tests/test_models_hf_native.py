@@ -94,9 +94,6 @@ def test_system_turn_prefix_and_bad_conversations(lm):
     system = [{"role": "system", "content": "Be brief."}, MULTI_TURN[0]]
     text, _ = lm.codec.render(system, has_video=False, add_generation_prompt=True, assistant_prefix="Verdict:")
     assert "Be brief." in text and text.endswith(lm.codec.prompt_tail("Verdict:"))
-    placeholder = lm.processor.video_token
-    with pytest.raises(ModelInputError, match=r"example 1 .*placeholder"):
-        lm.collate([ask("hi"), ask(f"look {placeholder}", frames(2), "v")], add_generation_prompt=True)
     with pytest.raises(ModelInputError, match="example 0: expected role 'user'"):
         lm.collate([VideoExample([{"role": "assistant", "content": "hi"}])])
     with pytest.raises(ModelInputError, match="uint8"):
@@ -310,3 +307,27 @@ def test_qwen_projector_can_train_without_the_tower(qwen):
         assert not qwen.visual_path_frozen
     finally:
         qwen.model.requires_grad_(False)
+
+
+def test_a_placeholder_in_message_text_stays_text(lm):
+    # E.g. a sampled answer that spells the placeholder, re-tokenised for the reward model: only the
+    # template's own placeholder may become the video's tokens.
+    placeholder = lm.processor.video_token
+    video = frames(2)
+    conversation = [
+        {"role": "user", "content": f"look {placeholder}"},
+        {"role": "assistant", "content": f"I see {placeholder} here."},
+    ]
+    ids, labels = lm._encode_conversation(
+        conversation, num_video_tokens=lm.num_video_tokens(video), add_generation_prompt=False,
+        assistant_prefix=None, where="x",
+    )
+    positions = [i for i, t in enumerate(ids) if t == lm.video_token_id]
+    assert len(positions) == lm.num_video_tokens(video)
+    assert positions == list(range(positions[0], positions[-1] + 1))  # one block: the template's
+    trained = lm.tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert f"I see {placeholder} here." in trained
+    text = lm.tokenizer.decode([t for t in ids if t != lm.video_token_id])
+    assert f"look {placeholder}" in text
+    batch = lm.collate([ask("hi"), ask(f"look {placeholder}", video, "v")], add_generation_prompt=True)
+    assert int((batch["input_ids"][1] == lm.video_token_id).sum()) == lm.num_video_tokens(video)

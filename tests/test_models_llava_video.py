@@ -173,6 +173,30 @@ def test_conversation_errors(conversation, kwargs, message):
         render_conversation([{"role": "user", "content": "<video>\nq"}], has_video=False, add_generation_prompt=True)
 
 
+def test_a_placeholder_in_an_answer_stays_text(lm):
+    # A sampled answer that spells "<video>" (PPO re-tokenises answers for the reward model) must not
+    # splice the video into the answer: only the first user turn's placeholder is the video.
+    processor, tokenizer = lm.processor, lm.tokenizer
+    conversation = [
+        {"role": "user", "content": "What colour is the circle?"},
+        {"role": "assistant", "content": "It is <video> red."},
+    ]
+    text, _ = render_conversation(conversation, has_video=True, add_generation_prompt=False)
+    assert text.startswith(f"{VICUNA_SYSTEM} USER: <video>\nWhat colour") and text.endswith("It is <video> red.</s>")
+    ids, labels = processor.encode_conversation(conversation, num_video_tokens=40, add_generation_prompt=False)
+    positions = [i for i, t in enumerate(ids) if t == processor.video_token_id]
+    assert len(positions) == 40 and positions == list(range(positions[0], positions[0] + 40))
+    assert tokenizer.decode(ids[1 : positions[0]]) == f"{VICUNA_SYSTEM} USER: "  # first in the first turn
+    trained = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == " It is <video> red.</s>"
+    # The same holds in a later user turn, and in a text-only conversation.
+    later = conversation + [{"role": "user", "content": "And <video>?"}]
+    ids, _ = processor.encode_conversation(later, num_video_tokens=40, add_generation_prompt=True)
+    assert ids.count(processor.video_token_id) == 40
+    ids, _ = processor.encode_conversation(later, num_video_tokens=None, add_generation_prompt=True)
+    assert processor.video_token_id not in ids and "And <video>?" in tokenizer.decode(ids)
+
+
 def test_placeholder_expands_to_pooled_token_count(lm):
     tokenizer = train_tokenizer(CORPUS, vocab_size=400)
     lm_none = build_tiny_model("tiny", tokenizer, video_pooling="none")

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vlm_rlaif.models.llava_video.processing import VideoInputError, check_conversation, expand_and_label
+from vlm_rlaif.models.llava_video.processing import (
+    VideoInputError,
+    check_conversation,
+    expand_and_label,
+    hide_literal_placeholders,
+    literal_placeholder_ids,
+    restore_literal_placeholders,
+)
 
 _PROBE_QUESTION = "q"
 _PROBE_ANSWER = "probe answer"
@@ -36,6 +43,7 @@ class ChatTemplateCodec:
         self.tokenizer = processor.tokenizer
         self.video_token = video_token
         self.video_token_id = video_token_id
+        self.literal_video_ids = literal_placeholder_ids(self.tokenizer, video_token, video_token_id)
         if not getattr(processor, "chat_template", None):
             raise VideoInputError("the processor has no chat template (chat_template.jinja)")
         eos = self.tokenizer.eos_token
@@ -136,26 +144,30 @@ class ChatTemplateCodec:
         """Token ids (video placeholder expanded to num_video_tokens; None = no video) and labels
         (IGNORE_INDEX except the tokens of each answer through its EOS)."""
         has_video = num_video_tokens is not None
+        # The template prints the video's placeholder; one in message text (e.g. a sampled answer)
+        # is text and is written as ordinary tokens.
         text, spans = self.render(
-            conversation,
+            hide_literal_placeholders(conversation, self.video_token, keep_first_user=False),
             has_video=has_video,
             add_generation_prompt=add_generation_prompt,
             assistant_prefix=assistant_prefix,
             where=where,
         )
+        placeholders = text.count(self.video_token)
+        if placeholders != int(has_video):
+            raise VideoInputError(
+                f"{where}: the chat template printed {placeholders} video placeholder(s) {self.video_token!r} "
+                f"for {int(has_video)} video(s)"
+            )
+        text, video_at = restore_literal_placeholders(text, self.video_token)
         # The stock processors tokenize rendered text with the tokenizer's special tokens (LLaMA's BOS)
         # unless the template already wrote them.
         bos = self.tokenizer.bos_token
         add_special = not (bos and text.startswith(bos))
         encoded = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
-        placeholders = encoded["input_ids"].count(self.video_token_id)
-        if placeholders != int(has_video):
-            raise VideoInputError(
-                f"{where}: the text holds {placeholders} video placeholder(s) {self.video_token!r} for "
-                f"{int(has_video)} video(s); messages must not contain the placeholder"
-            )
         return expand_and_label(
-            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens
+            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens,
+            video_at, self.literal_video_ids,
         )
 
 

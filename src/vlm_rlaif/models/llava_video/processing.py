@@ -48,8 +48,45 @@ VICUNA_CHAT_TEMPLATE = (
 )
 
 
+# Stands in for a literal video placeholder in message text while a conversation is rendered: as
+# long as the placeholder (character offsets hold) and never part of the template's own text.
+_LITERAL_MARK = "\ue000"
+
+
 class VideoInputError(UserError, ValueError):
     """Frames or a conversation that the processor cannot use; the message says what is wrong."""
+
+
+def hide_literal_placeholders(
+    conversation: Sequence[dict], video_token: str, *, keep_first_user: bool
+) -> list[dict]:
+    """The conversation with every video placeholder in message text masked, except in the first
+    user turn when keep_first_user (the Vicuna renderer honours a placeholder there). A masked one is
+    text, e.g. "<video>" in a sampled answer, and must not become the video's tokens."""
+    mask = _LITERAL_MARK * len(video_token)
+    first_user = next((i for i, m in enumerate(conversation) if m.get("role") == "user"), None)
+    hidden = []
+    for i, message in enumerate(conversation):
+        content = message.get("content")
+        if isinstance(content, str) and not (keep_first_user and i == first_user):
+            message = {**message, "content": content.replace(video_token, mask)}
+        hidden.append(message)
+    return hidden
+
+
+def restore_literal_placeholders(text: str, video_token: str) -> tuple[str, int | None]:
+    """Rendered text of a hide_literal_placeholders conversation -> (the text with the literal
+    placeholders back, the character offset of the one real placeholder or None)."""
+    at = text.find(video_token)
+    return text.replace(_LITERAL_MARK * len(video_token), video_token), (at if at >= 0 else None)
+
+
+def literal_placeholder_ids(tokenizer: PreTrainedTokenizerBase, video_token: str, video_token_id: int) -> list[int]:
+    """The placeholder's text as ordinary tokens (how a literal "<video>" in message text is written)."""
+    ids = tokenizer(video_token, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if not ids or video_token_id in ids:
+        raise VideoInputError(f"the tokenizer cannot write {video_token!r} as ordinary text")
+    return ids
 
 
 def preprocess_frames(
@@ -140,15 +177,18 @@ def render_conversation(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Vicuna v1 text of a conversation and the character spans that are trained on.
 
-    The video placeholder goes first in the first user turn ("<video>\\n{question}") unless the
-    conversation already holds exactly one placeholder. With `assistant_prefix`, the text ends inside
+    The video placeholder goes first in the first user turn ("<video>\\n{question}") unless that
+    turn already holds exactly one placeholder; placeholders in later turns are left as they are
+    (encode_conversation writes them as text, never as the video). With `assistant_prefix`, the text ends inside
     an open assistant turn ("... ASSISTANT: {prefix}"), for reading the next token after a fixed
     prefix. Each trained span covers " {answer}</s>" of one assistant turn.
     """
     check_conversation(conversation, add_generation_prompt=add_generation_prompt, where=where)
     if assistant_prefix is not None and not add_generation_prompt:
         raise VideoInputError(f"{where}: assistant_prefix needs add_generation_prompt=True")
-    placeholders = sum(message["content"].count(video_token) for message in conversation)
+    # Only the first user turn's placeholder can be the video.
+    first_user = next(message for message in conversation if message["role"] == "user")
+    placeholders = first_user["content"].count(video_token)
     if placeholders > 1 or (placeholders == 1 and not has_video):
         raise VideoInputError(
             f"{where}: found {placeholders} {video_token} placeholder(s) for {int(has_video)} video(s)"
@@ -185,20 +225,28 @@ def expand_and_label(
     spans: Sequence[tuple[int, int]],
     video_token_id: int,
     num_video_tokens: int | None,
+    video_at: int | None = None,
+    literal_ids: Sequence[int] = (),
 ) -> tuple[list[int], list[int]]:
     """Tokens of rendered text (with their character offsets) -> input ids, the video placeholder
     expanded to num_video_tokens copies, and labels: a token's own id where it overlaps a trained
-    character span, IGNORE_INDEX elsewhere (video tokens included). Both chat-template paths use it."""
+    character span, IGNORE_INDEX elsewhere (video tokens included). Both chat-template paths use it.
+
+    Only the video token starting at character `video_at` is the video; any other one is a literal
+    placeholder in message text and is written as `literal_ids` (its text as ordinary tokens)."""
     input_ids: list[int] = []
     labels: list[int] = []
     for token_id, (start, end) in zip(token_ids, offsets):
-        if token_id == video_token_id:
+        if token_id == video_token_id and start == video_at and num_video_tokens is not None:
             input_ids.extend([token_id] * num_video_tokens)
             labels.extend([IGNORE_INDEX] * num_video_tokens)
             continue
         trained = any(start < span_end and end > span_start for span_start, span_end in spans)
-        input_ids.append(token_id)
-        labels.append(token_id if trained else IGNORE_INDEX)
+        pieces = list(literal_ids) if token_id == video_token_id else [token_id]
+        if not pieces:
+            raise VideoInputError("a literal video placeholder in the text, and no ordinary tokens to write it with")
+        input_ids.extend(pieces)
+        labels.extend(pieces if trained else [IGNORE_INDEX] * len(pieces))
     return input_ids, labels
 
 
@@ -233,6 +281,7 @@ class LlavaVideoProcessor(ProcessorMixin):
         self.video_token = video_token
         super().__init__(tokenizer, chat_template=chat_template)
         self.video_token_id = video_token_id_of(tokenizer, video_token)
+        self.literal_video_ids = literal_placeholder_ids(tokenizer, video_token, self.video_token_id)
 
     @property
     def patches_per_frame(self) -> int:
@@ -263,16 +312,18 @@ class LlavaVideoProcessor(ProcessorMixin):
         others, video tokens and the open assistant turn of a generation prompt included, are IGNORE_INDEX.
         """
         text, spans = render_conversation(
-            conversation,
+            hide_literal_placeholders(conversation, self.video_token, keep_first_user=True),
             has_video=num_video_tokens is not None,
             add_generation_prompt=add_generation_prompt,
             assistant_prefix=assistant_prefix,
             video_token=self.video_token,
             where=where,
         )
+        text, video_at = restore_literal_placeholders(text, self.video_token)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids, labels = expand_and_label(
-            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens
+            encoded["input_ids"], encoded["offset_mapping"], spans, self.video_token_id, num_video_tokens,
+            video_at, self.literal_video_ids,
         )
         if self.tokenizer.bos_token_id is not None:
             return [self.tokenizer.bos_token_id, *input_ids], [IGNORE_INDEX, *labels]
@@ -350,7 +401,10 @@ __all__ = [
     "VideoInputError",
     "check_conversation",
     "expand_and_label",
+    "hide_literal_placeholders",
+    "literal_placeholder_ids",
     "preprocess_frames",
     "render_conversation",
+    "restore_literal_placeholders",
     "video_token_id_of",
 ]
