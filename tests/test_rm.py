@@ -176,11 +176,14 @@ def test_the_video_reaches_the_loss_forward_and_both_answers_share_one_encode(wo
 
 
 def test_pair_loss_is_bradley_terry_plus_the_centring_term():
-    rewards = torch.tensor([2.0, 0.5, 0.0, 1.5])  # chosen (2.0, 0.5), others (0.0, 1.5)
+    chosen, others = torch.tensor([2.0, 0.5]), torch.tensor([0.0, 1.5])
+    rewards = torch.cat([chosen, others])
     loss, metrics = pair_loss(rewards, center_coef=0.1)
-    margins = torch.tensor([2.0, -1.0])
+    margins = chosen - others
     bradley_terry = torch.nn.functional.softplus(-margins).mean()
-    assert loss.item() == pytest.approx(bradley_terry.item() + 0.1 * 1.0)
+    # The released code's centring term: |mean over pairs of (r_chosen + r_other)|.
+    centring = ((chosen + others).mean()).abs()
+    assert loss.item() == pytest.approx(bradley_terry.item() + 0.1 * centring.item())
     assert metrics["bt_loss"] == pytest.approx(bradley_terry.item())
     assert metrics["accuracy"] == 0.5
     assert metrics["reward_mean"] == pytest.approx(1.0)

@@ -16,7 +16,8 @@ Top to bottom:
 4. Train with train/loop.py. A micro-batch of N pairs is one forward over 2N rows (all preferred
    answers, then all others) built by RewardModel.collate, the same input builder PPO scores with.
    Loss: Bradley-Terry, BCE-with-logits of (r_preferred - r_other) against 1, plus
-   center_coef * |mean reward| to keep rewards centred (the paper: 1e-3).
+   center_coef * |mean over pairs of (r_preferred + r_other)| to keep rewards centred (the paper's
+   code: 1e-3; a sum per pair, so twice the mean over all 2N rewards).
 5. Save <out>/model (RewardModel.save), score every held-out pair (and any extra evaluation set, e.g.
    oracle-labelled pairs) into <out>/eval/<name>.jsonl, and report pairwise accuracy.
 """
@@ -101,7 +102,7 @@ class RMLoraSettings:
 class RMConfig:
     out: str = "runs/rm"
     epochs: int = 1
-    center_coef: float = 1e-3  # weight of |mean reward| in the loss
+    center_coef: float = 1e-3  # weight of |mean over pairs of (r_preferred + r_other)| in the loss
     score_batch_size: int = 16  # pairs per forward when scoring the evaluation sets
     model: RMModelSettings = field(default_factory=RMModelSettings)
     data: RMDataSettings = field(default_factory=RMDataSettings)
@@ -142,12 +143,14 @@ def collate_pairs(rm: RewardModel, pairs: Sequence[PreferencePair]) -> dict[str,
 
 def pair_loss(rewards: torch.Tensor, center_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Bradley-Terry loss of rewards (2N,) laid out as collate_pairs makes them, plus the centring
-    term, and the batch's metrics (accuracy counts a tie as half right)."""
+    term center_coef * |mean over pairs of (r_preferred + r_other)|, and the batch's metrics
+    (accuracy counts a tie as half right)."""
     count = rewards.shape[0] // 2
     chosen, rejected = rewards[:count], rewards[count:]
     margin = chosen - rejected
     bradley_terry = F.binary_cross_entropy_with_logits(margin, torch.ones_like(margin))
-    loss = bradley_terry + center_coef * rewards.mean().abs()
+    # The released code's form: a sum per pair, then the mean (twice the mean over all 2N rewards).
+    loss = bradley_terry + center_coef * (chosen + rejected).mean().abs()
     metrics = {
         "bt_loss": bradley_terry.item(),
         "accuracy": ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item(),
