@@ -320,3 +320,68 @@ def test_config_errors_name_the_key(world, tmp_path, change, message):
     config_path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
         load_config(EvalConfig, config_path, section="eval").check()
+
+
+@pytest.fixture
+def bad_videos(world, tmp_path):
+    """A multiple-choice benchmark whose items' videos are: fine, corrupt, an HLS playlist naming a
+    video outside the root, a single frame, and a frame folder holding a non-image file."""
+    from PIL import Image
+
+    from vlm_rlaif.video import write_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    write_video(rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8), root / "good.mp4")
+    (root / "corrupt.mp4").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    outside = world / "videos" / "toy_0.mp4"
+    (root / "playlist.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{outside}\n#EXT-X-ENDLIST\n")
+    write_video(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), root / "still.mp4")
+    (root / "frames").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "frames" / f"{i}.png")
+    (root / "frames" / "notes.txt").write_text("not a frame")
+    names = ["good", "corrupt", "playlist.m3u8", "still", "frames"]
+    items = [{"video_name": n, "question_id": f"m{i}", "question": "What is there?", "candidates": CANDIDATES, "answer": "a blue box"}
+             for i, n in enumerate(names)]  # fmt: skip
+    bench = tmp_path / "mcq.json"
+    bench.write_text(json.dumps(items))
+
+    def config(on_bad_video):
+        return EvalConfig(
+            out=str(tmp_path / f"run_{on_bad_video}"),
+            models=[ModelSpec("sft", str(world / "sft"))],
+            benchmarks=[BenchmarkSpec("mcq", "mcq", str(bench), str(root))],
+            generation=PredictSettings(num_frames=FRAMES, max_new_tokens=4, batch_size=2),
+            bootstrap=BootstrapSpec(resamples=20),
+            on_bad_video=on_bad_video,
+        )
+
+    return bench, config
+
+
+def test_eval_bad_video_error_names_benchmark_file_item_and_video(bad_videos):
+    bench, config = bad_videos
+    with pytest.raises(UserError) as caught:
+        run_eval(config("fail"))
+    message = str(caught.value)
+    assert str(bench) in message and "question_id m1" in message and "corrupt" in message, message
+
+
+def test_eval_on_bad_video_skip_records_and_counts_skipped_items(bad_videos, caplog):
+    bench, config = bad_videos
+    with caplog.at_level("WARNING"):
+        summary = run_eval(config("skip"))
+    result = summary["results"]["sft"]["mcq"]
+    assert result["items"] == 5 and result["skipped"] == 2
+    assert [s["id"] for s in result["skipped_items"]] == ["m1", "m2"]
+    assert "corrupt" in result["skipped_items"][0]["reason"]
+    assert "cannot open as a video" in result["skipped_items"][1]["reason"]  # the playlist is not followed
+    assert result["metrics"]["accuracy"]["n"] == 3  # only the items that have a prediction are judged
+    # A single-frame video and a frame folder with a non-image file: warned about, counted.
+    assert result["video_warnings"] == {"single_frame": 1, "non_image_files": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("single frame" in w for w in warned) == 1 and sum("notes.txt" in w for w in warned) == 1
+    report = (Path(config("skip").out) / "results.md").read_text()
+    assert re.search(r"\| mcq \| sft \| 5 \| choice 3 \| .* \| 2 \| single_frame 1, non_image_files 1 \|", report), report

@@ -8,16 +8,43 @@ standard split (video.split_clips, at most `clip_max_frames` per clip). Each res
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from vlm_rlaif.data.paths import find_video, resolve_video_source
+from vlm_rlaif.data.paths import find_video, resolve_under, resolve_video_source
 from vlm_rlaif.data.records import ClipSpec
-from vlm_rlaif.errors import RecordError
-from vlm_rlaif.video import load_video, split_clips
+from vlm_rlaif.errors import ConfigError, RecordError
+from vlm_rlaif.video import VideoLoadError, load_video, split_clips
+
+log = logging.getLogger(__name__)
+
+OnBadVideo = Literal["fail", "skip"]
+ON_BAD_VIDEO = ("fail", "skip")
+# FrameStore.warnings keys: a video with one frame (repeated to num_frames), a frame folder with
+# entries that are not frame images (skipped).
+SINGLE_FRAME = "single_frame"
+NON_IMAGE_FILES = "non_image_files"
+
+
+def check_on_bad_video(value: str, where: str) -> None:
+    if value not in ON_BAD_VIDEO:
+        raise ConfigError(f"{where}: on_bad_video must be 'fail' or 'skip', got {value!r}")
+
+
+class BadVideoError(RecordError):
+    """A record's video that is missing or cannot be decoded; the message names the record and the
+    video. With on_bad_video 'skip' a stage records the item as skipped with `reason` and goes on."""
+
+    def __init__(self, where: str, video: str, reason: str):
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}video {video}: {reason}")
+        self.video = video
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -48,28 +75,58 @@ class FrameStore:
         self.sampling = sampling
         self._max = max_videos
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        # video_key -> what is odd about that video (SINGLE_FRAME, NON_IMAGE_FILES): each video is
+        # warned about once, however often it is decoded again.
+        self.warnings: dict[str, list[str]] = {}
 
     def video(self, source: str | list[str], *, where: str = "") -> tuple[np.ndarray, str]:
-        """(frames uint8 (T, H, W, 3), video_key) of a record's `video` path or `images` list."""
+        """(frames uint8 (T, H, W, 3), video_key) of a record's `video` path or `images` list.
+        A video that is missing or does not decode raises BadVideoError (naming `where` and the video)."""
         key_base = source if isinstance(source, str) else f"{source[0]}..{len(source)}"
         key = f"{key_base}@{self.sampling.tag}"
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key], key
         path = resolve_video_source(self.root, source, where=where)
-        frames = load_video(
-            [str(p) for p in path] if isinstance(path, list) else str(path),
-            num_frames=self.sampling.num_frames,
-            on_short=self.sampling.on_short,
-        ).frames
-        self._lru[key] = frames
+        try:
+            video = load_video(
+                [str(p) for p in path] if isinstance(path, list) else str(path),
+                num_frames=self.sampling.num_frames,
+                on_short=self.sampling.on_short,
+            )
+        except VideoLoadError as err:
+            raise BadVideoError(where, key_base, str(err)) from None
+        if key not in self.warnings:
+            self.warnings[key] = self._check(video, where)
+        self._lru[key] = video.frames
         if len(self._lru) > self._max:
             self._lru.popitem(last=False)
-        return frames, key
+        return video.frames, key
+
+    def _check(self, video, where: str) -> list[str]:
+        prefix = f"{where}: " if where else ""
+        found = []
+        if video.total_frames == 1 and self.sampling.num_frames > 1:
+            found.append(SINGLE_FRAME)
+            log.warning("%s%s has a single frame, repeated to %d frames", prefix, video.source, self.sampling.num_frames)
+        if video.ignored_files:
+            found.append(NON_IMAGE_FILES)
+            shown = ", ".join(video.ignored_files[:5]) + (", ..." if len(video.ignored_files) > 5 else "")
+            log.warning("%sframe folder %s: %d entries that are not jpg/jpeg/png frames were ignored (%s)",
+                        prefix, video.source, len(video.ignored_files), shown)
+        return found
+
+    def warning_counts(self) -> dict[str, int]:
+        """Videos decoded so far with each warning: {"single_frame": n, "non_image_files": n}."""
+        return {kind: sum(kind in found for found in self.warnings.values()) for kind in (SINGLE_FRAME, NON_IMAGE_FILES)}
 
     def by_name(self, video_name: str, *, where: str = "") -> tuple[np.ndarray, str]:
         """Frames of a benchmark video named without extension (VCG-Bench, zero-shot QA layouts)."""
-        path = find_video(self.root, video_name, where=where)
+        resolve_under(self.root, video_name, where=where)  # a path escaping the root is a bad record, not a bad video
+        try:
+            path = find_video(self.root, video_name, where="")
+        except RecordError as err:  # not there under any known extension: a bad video, too
+            raise BadVideoError(where, video_name, str(err)) from None
         return self.video(str(path.relative_to(self.root.resolve())), where=where)
 
     def clip(self, source: str | list[str], clip: ClipSpec, *, where: str = "") -> tuple[np.ndarray, str]:

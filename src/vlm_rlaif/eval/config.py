@@ -13,14 +13,17 @@ YAML (a recipe's `eval` section or a file of its own):
     generation: {num_frames: 50, temperature: 0.2, max_new_tokens: 512}
     judge: {kind: openai, model: gpt-3.5-turbo-0125}
     bootstrap: {resamples: 1000, confidence: 0.95}
+    on_bad_video: fail          # or skip: an item whose video is missing or does not decode is skipped
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from vlm_rlaif.data.frames import check_on_bad_video
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.eval.benchmarks import KINDS
 from vlm_rlaif.eval.paper import PAPER_BENCHMARKS
@@ -90,6 +93,9 @@ class EvalConfig:
     generation: PredictSettings = field(default_factory=PredictSettings)  # the paper's by default
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     bootstrap: BootstrapSpec = field(default_factory=BootstrapSpec)
+    # A benchmark video that is missing or does not decode: "fail" stops the run (the error names the
+    # benchmark file, the item and the video); "skip" records the item as skipped and goes on.
+    on_bad_video: str = "fail"
 
     def check(self, *, judge_given: bool = False) -> None:
         """Raise ConfigError naming the first key that cannot work (judge_given: the caller brings
@@ -125,8 +131,26 @@ class EvalConfig:
         gen = self.generation
         if gen.num_frames < 1 or gen.max_new_tokens < 1 or gen.batch_size < 1 or gen.temperature < 0:
             raise ConfigError("eval: generation needs num_frames, max_new_tokens, batch_size >= 1 and temperature >= 0")
+        check_on_bad_video(self.on_bad_video, "eval")
         if not 0 < self.bootstrap.confidence < 1 or self.bootstrap.resamples < 0:
             raise ConfigError("eval: bootstrap.confidence must be in (0, 1) and bootstrap.resamples >= 0")
+
+    def inputs(self, *, judge_given: bool = False) -> dict[str, str | Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        paths: dict[str, str | Path | None] = {}
+        for m in self.models:
+            paths.update({f"models.{m.name}.path": m.path, f"models.{m.name}.lora": m.lora})
+        for b in self.benchmarks:
+            paths.update({
+                f"benchmarks.{b.name}.file": b.file,
+                f"benchmarks.{b.name}.answers_file": b.answers_file,
+                f"benchmarks.{b.name}.video_root": b.video_root,
+            })
+        if not judge_given and any(b.kind != "mcq" for b in self.benchmarks):
+            judge = self.judge
+            paths["judge.path"] = judge.path if judge.kind == "local" else None
+            paths["judge.toy_dir"] = judge.toy_dir if judge.kind == "oracle" else None
+        return paths
 
 
 __all__ = ["BenchmarkSpec", "BootstrapSpec", "EvalConfig", "JudgeSpec", "ModelSpec"]

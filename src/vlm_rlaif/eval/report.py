@@ -59,7 +59,8 @@ def results_markdown(
                 row.append("" if value is None else (f"{value:.1f}" if metric in PERCENT_METRICS else f"{value:.2f}"))
             lines.append("| " + " | ".join(row) + " |")
 
-    lines += ["", "## Counts", "", "| benchmark | model | items | judged | invalid | failed |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Counts", "", "| benchmark | model | items | judged | invalid | failed | skipped (bad video) | video warnings |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for bench in benchmarks:
         for model in models:
             agg = results[model].get(bench["name"])
@@ -68,7 +69,8 @@ def results_markdown(
             judged = ", ".join(f"{c} {n}" for c, n in agg["judged"].items())
             invalid = ", ".join(f"{c} {n}" for c, n in agg["invalid"].items())
             failed = ", ".join(f"{c} {n}" for c, n in agg["failed"].items())
-            lines.append(f"| {bench['name']} | {model} | {agg.get('items', '')} | {judged} | {invalid} | {failed} |")
+            warnings = ", ".join(f"{kind} {n}" for kind, n in (agg.get("video_warnings") or {}).items() if n) or "none"
+            lines.append(f"| {bench['name']} | {model} | {agg.get('items', '')} | {judged} | {invalid} | {failed} | {agg.get('skipped', 0)} | {warnings} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,9 @@ Output directory (a RunDir of stage "eval"; a rerun with the same config resumes
     judgements/<model>/<benchmark>.jsonl    one line per item and criterion (eval.judging)
     judge_cache/                            the OpenAI judge's reply cache (unless judge.cache_dir)
     results.md                              the table (eval.report)
-    summary.json                            scores with intervals, the judge and its versions
+    summary.json                            scores with intervals, the judge and its versions; per
+                                            benchmark the skipped items (on_bad_video: skip) and
+                                            videos with warnings (single frame, non-image files)
 Models are loaded one at a time, and only when some of their predictions are missing.
 """
 
@@ -24,7 +26,7 @@ from vlm_rlaif.eval.criteria import tasks_for
 from vlm_rlaif.eval.judges import Judge, LocalJudge, OpenAIJudge, OracleJudge, toy_oracle_check
 from vlm_rlaif.eval.judging import judge as judge_benchmark
 from vlm_rlaif.eval.paper import PAPER_JUDGE, PAPER_JUDGE_NOTE
-from vlm_rlaif.eval.predict import predict, read_predictions
+from vlm_rlaif.eval.predict import predict, read_predictions, read_video_notes
 from vlm_rlaif.eval.report import results_markdown
 from vlm_rlaif.rundir import RunDir
 
@@ -74,7 +76,7 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
     only recorded.
     """
     config.check(judge_given=judge is not None)
-    run = RunDir.open(config.out, "eval", config, config.seed, overwrite=overwrite)
+    run = RunDir.open(config.out, "eval", config, config.seed, overwrite=overwrite, inputs=config.inputs(judge_given=judge is not None))
     items = {
         b.name: load_items(b.kind, b.file, answers_path=b.answers_file, video_prefix=b.video_prefix, limit=b.limit)
         for b in config.benchmarks
@@ -82,6 +84,7 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
     settings = config.generation
 
     predictions: dict[str, dict[str, dict[str, list[str]]]] = {}
+    notes: dict[str, dict[str, tuple[list[dict], dict[str, int]]]] = {}  # skipped items, video warnings
     for model in config.models:
         paths = {b.name: run.path / "predictions" / model.name / f"{b.name}.jsonl" for b in config.benchmarks}
         missing = [b for b in config.benchmarks if _missing(items[b.name], done_ids(paths[b.name]))]
@@ -90,9 +93,10 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
             lm = load_model(model)
             for bench in missing:
                 frames = FrameStore(bench.video_root, FrameSampling(num_frames=settings.num_frames))
-                predict(lm, items[bench.name], frames, paths[bench.name], settings)
+                predict(lm, items[bench.name], frames, paths[bench.name], settings, config.on_bad_video)
             del lm
         predictions[model.name] = {b.name: read_predictions(paths[b.name], items[b.name]) for b in config.benchmarks}
+        notes[model.name] = {b.name: read_video_notes(paths[b.name]) for b in config.benchmarks}
 
     results: dict[str, dict[str, dict]] = {}
     rows: list[dict] = []
@@ -103,13 +107,18 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
             results[model.name] = {}
             for bench in config.benchmarks:
                 mine = predictions[model.name][bench.name]
+                skipped, video_warnings = notes[model.name][bench.name]
+                judged_items = [item for item in items[bench.name] if item.id in mine]  # skipped items are not judged
                 path = run.path / "judgements" / model.name / f"{bench.name}.jsonl"
-                if judge is None and bench.kind != "mcq" and _pending(bench.kind, items[bench.name], mine, path):
+                if judge is None and bench.kind != "mcq" and _pending(bench.kind, judged_items, mine, path):
                     judge = built = build_judge(config.judge, run.path)
-                judged = judge_benchmark(items[bench.name], mine, kind=bench.kind, by=judge, out_path=path)
+                judged = judge_benchmark(judged_items, mine, kind=bench.kind, by=judge, out_path=path)
                 rows += [row for row in judged if bench.kind != "mcq"]
                 agg = aggregate(bench.kind, judged, resamples=boot.resamples, confidence=boot.confidence, seed=boot.seed)
-                results[model.name][bench.name] = {"kind": bench.kind, "paper": bench.paper, "items": len(items[bench.name]), **agg}
+                results[model.name][bench.name] = {
+                    "kind": bench.kind, "paper": bench.paper, "items": len(items[bench.name]), **agg,
+                    "skipped": len(skipped), "skipped_items": skipped, "video_warnings": video_warnings,
+                }  # fmt: skip
     finally:
         if isinstance(built, OpenAIJudge):
             built.client.close()

@@ -23,12 +23,14 @@ def natural_key(name: str) -> tuple:
     return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
 
 
-def list_frame_images(folder: Path) -> list[Path]:
-    """The jpg/jpeg/png files of a folder in natural order; other files are ignored."""
-    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
+def frame_folder(folder: Path) -> tuple[list[Path], list[str]]:
+    """(the jpg/jpeg/png files of a folder in natural order, the names of its other entries)."""
+    entries = os.listdir(folder)
+    names = [n for n in entries if n.lower().endswith(IMAGE_EXTENSIONS)]
     if not names:
         raise VideoLoadError(str(folder), f"frame folder has no frame images ({'/'.join(IMAGE_EXTENSIONS)})")
-    return [folder / n for n in sorted(names, key=natural_key)]
+    others = sorted(n for n in entries if not n.lower().endswith(IMAGE_EXTENSIONS))
+    return [folder / n for n in sorted(names, key=natural_key)], others
 
 
 def read_images(paths: Sequence[Path], indices: Sequence[int]) -> np.ndarray:

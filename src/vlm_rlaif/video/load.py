@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vlm_rlaif.video.images import list_frame_images, read_images
+from vlm_rlaif.video.images import frame_folder, read_images
 from vlm_rlaif.video.pyav_decode import check_container, read_with_pyav
 from vlm_rlaif.video.sampling import sample_fps, sample_uniform
 from vlm_rlaif.video.torchcodec_decode import read_with_torchcodec, torchcodec_available
@@ -46,6 +46,7 @@ def load_video(
     backend: "auto" uses torchcodec when it loads (not for .avi), else PyAV; PyAV also retries any
         file torchcodec fails on.
     source_fps: the frame rate of sources that carry none (folders, image lists, arrays).
+    A frame folder's other entries are skipped and listed in Video.ignored_files.
     Raises VideoLoadError (message starts with the file) for anything wrong with the source.
     """
     if num_frames is not None and fps is not None:
@@ -76,7 +77,10 @@ def load_video(
         raise VideoLoadError(name, "does not exist")
     pick = _picker(name, num_frames, fps, max_frames, on_short)
     if path.is_dir():
-        return _from_images(name, list_frame_images(path), pick, source_fps)
+        images, others = frame_folder(path)
+        video = _from_images(name, images, pick, source_fps)
+        video.ignored_files = others
+        return video
     if backend == "torchcodec" and not torchcodec_available():
         raise VideoLoadError(name, "backend='torchcodec' asked for, but torchcodec is not installed or does not load")
     if backend != "pyav" and torchcodec_available():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Video:
     indices: list[int]  # source frame index of each returned frame (repeats when the source is short)
     total_frames: int  # frames in the source
     source: str
+    ignored_files: list[str] = field(default_factory=list)  # frame folder entries that are not frame images
 
 
 # Chooses source frame indices given (total_frames, source_fps), once the source is opened.
