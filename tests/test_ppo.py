@@ -457,6 +457,41 @@ def test_full_fine_tuning_keeps_a_frozen_reference_copy(world, tmp_path):
     assert any(changed)
 
 
+def test_stop_at_question_mark_ends_responses_after_the_first_question_mark(world):
+    from vlm_rlaif.models.adapter import Generation
+
+    tokenizer = load_adapter_model(world / "sft_model").tokenizer
+    eos = tokenizer.eos_token_id
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    asks = ids("Is the circle red?")
+    sampled = [
+        Generation(0, 0, "Is the circle red? The circle is red.", asks + ids(" The circle is red.") + [eos], True),
+        Generation(1, 0, "Is the circle red?", asks + [eos], True),  # "?" just before EOS: cut too
+        Generation(2, 0, "The circle is red.", ids("The circle is red.") + [eos], True),
+    ]
+
+    class Sampled:  # a rollout engine that returns fixed samples
+        def generate(self, examples, settings):
+            return list(sampled)
+
+        def update_policy(self):
+            pass
+
+    for stop, expected in ((False, sampled), (True, None)):
+        trainer = build_trainer(world, says_red, same_reference=False, settings={"stop_at_question_mark": stop})
+        trainer.engine = Sampled()
+        out = trainer.generate(prompts_of(world, trainer.policy, 3), 0)
+        if expected is not None:
+            assert out == expected
+            continue
+        assert [g.token_ids for g in out] == [asks, asks, sampled[2].token_ids]
+        assert [g.text for g in out] == ["Is the circle red?", "Is the circle red?", "The circle is red."]
+        assert [g.ended_with_eos for g in out] == [False, False, True]  # so a cut answer takes the -8
+
+
 def test_prompt_plan_and_learning_rate_schedule():
     settings = PPOSettings(rollout_batch_size=4, minibatch_size=2, epochs=2)
     plan = prompt_plan(10, settings, seed=0)

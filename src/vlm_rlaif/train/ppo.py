@@ -16,7 +16,8 @@ Top to bottom:
    reference is that adapter, frozen; the policy starts as a trainable copy of it.
 2. Every iteration takes `rollout_batch_size` prompts (one shuffled pass over the prompts per epoch),
    split across `accelerate launch` processes:
-   a. rollouts: one sampled answer per prompt (temperature 1.0, top-p 1.0), cut at the first EOS;
+   a. rollouts: one sampled answer per prompt (temperature 1.0, top-p 1.0), cut at the first EOS
+      (with stop_at_question_mark, as the released code, also right after the first "?" token);
    b. no-grad passes: policy log-probabilities and entropy, reference log-probabilities, values,
       reward-model scores (through RewardModel's own input builder);
    c. rewards (train/ppo_math.py): score, -8 without EOS, -10 * length / max_new_tokens; per-token
@@ -44,7 +45,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -142,7 +143,9 @@ class PPOSettings:
     """The paper's values are the defaults. Batch sizes count rollouts over all processes, except
     micro_batch_size, forward_batch_size and generation_batch_size (per process, per call).
     top_p < 1 samples from a truncated distribution that the log-probabilities (softmax at
-    `temperature`) do not model; keep 1.0 as the paper does."""
+    `temperature`) do not model; keep 1.0 as the paper does.
+    stop_at_question_mark: end a response right after its first "?" token, as the released PPO code
+    does (not in the paper's text); the cut response has no EOS, so it takes no_eos_penalty."""
 
     rollout_batch_size: int = 256
     minibatch_size: int = 128
@@ -167,6 +170,7 @@ class PPOSettings:
     kl_horizon: int = 10000
     reward_scale: float = 10.0
     no_eos_penalty: float = -8.0
+    stop_at_question_mark: bool = False
     length_penalty: float = -10.0
     whiten_advantages: bool = True
     lr: float = 3e-5
@@ -332,6 +336,7 @@ class PPOTrainer:
                     torch.distributed.broadcast(p.data, src=0)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(settings, total_iterations))
+        self.question_marks = question_mark_ids(policy.tokenizer) if settings.stop_at_question_mark else set()
         if settings.adaptive_kl:
             self.kl_controller = ppo_math.AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
         else:
@@ -399,7 +404,10 @@ class PPOTrainer:
             seed=_derived_seed(self.seed, iteration, self.rank),
         )
         self._activate_policy()
-        return self.engine.generate(examples, generation)
+        generations = self.engine.generate(examples, generation)
+        if s.stop_at_question_mark:
+            generations = cut_after_question_mark(generations, self.question_marks, self.policy.tokenizer)
+        return generations
 
     def policy_logprobs(
         self, lm: VideoLM, batch: dict, *, with_entropy: bool = False
@@ -661,6 +669,27 @@ def lr_multiplier(settings: PPOSettings, total_iterations: int) -> Callable[[int
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def question_mark_ids(tokenizer) -> set[int]:
+    """Ids of the tokens that are a question mark alone, after optional whitespace (Vicuna's "?" and
+    "▁?": the two the released code stops at)."""
+    return {i for token, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([token]).strip() == "?"}
+
+
+def cut_after_question_mark(generations: Sequence[Generation], stops: set[int], tokenizer) -> list[Generation]:
+    """Each response ended right after its first token in `stops` (question_mark_ids: the released
+    PPO code's extra stop tokens). A cut response loses its EOS, also when the "?" came just before
+    it, as there."""
+    cut = []
+    for g in generations:
+        body = g.token_ids[:-1] if g.ended_with_eos else g.token_ids
+        at = next((k for k, token in enumerate(body) if token in stops), None)
+        if at is not None:
+            kept = list(g.token_ids[: at + 1])
+            g = replace(g, token_ids=kept, text=tokenizer.decode(kept, skip_special_tokens=True).strip(), ended_with_eos=False)
+        cut.append(g)
+    return cut
 
 
 # ---------------------------------------------------------------------------- run_ppo
