@@ -372,3 +372,48 @@ def test_a_killed_process_resumes_without_duplicates(model_dir, tmp_path):
     assert len({p["id"] for p in prefs}) == len(prefs) == summary["pairs_kept"]
     candidates = _lines(tmp_path / "run" / "candidates.jsonl")
     assert sorted(c["prompt_id"] for c in candidates) == sorted({c["prompt_id"] for c in candidates})
+
+
+def test_on_bad_video_fail_or_skip(model_dir, root, tmp_path, caplog):
+    """Prompts about a corrupt video, an HLS playlist naming a video outside the root, a single-frame
+    video and a frame folder holding a non-image file, beside a good one."""
+    import numpy as np
+    from PIL import Image
+
+    from vlm_rlaif.video import write_video
+
+    videos = tmp_path / "root" / "videos"
+    videos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    (videos / "good.mp4").write_bytes((root / "videos" / "v0.mp4").read_bytes())
+    (videos / "corrupt.mp4").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{root / 'videos' / 'v1.mp4'}\n#EXT-X-ENDLIST\n"
+    (videos / "playlist.m3u8").write_text(hls)
+    write_video(rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), videos / "still.mp4")
+    (videos / "frames").mkdir()
+    for i in range(FRAMES):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(videos / "frames" / f"{i}.png")
+    (videos / "frames" / "notes.txt").write_text("not a frame")
+    names = ["good.mp4", "corrupt.mp4", "playlist.m3u8", "still.mp4", "frames"]
+    prompts = tmp_path / "root" / "prompts.jsonl"
+    prompts.write_text("".join(
+        json.dumps({"id": f"p{i}", "video": f"videos/{n}", "conversations": [{"from": "human", "value": "<video>\nWhat colour is it?"}]}) + "\n"
+        for i, n in enumerate(names)
+    ))  # fmt: skip
+
+    with pytest.raises(RecordError, match=r"prompts.jsonl: record p1: video videos/corrupt.mp4: .*corrupt.mp4: cannot open"):
+        run_feedback(make_config(model_dir, tmp_path / "root", tmp_path / "fail", prompts=prompts, chunk_size=8))
+
+    config = make_config(model_dir, tmp_path / "root", tmp_path / "skip", prompts=prompts, chunk_size=8, on_bad_video="skip")
+    with caplog.at_level("WARNING"):
+        summary = run_feedback(config)
+    assert summary["prompts"] == 5 and summary["prompts_skipped"] == 2
+    assert [s["id"] for s in summary["skipped_prompts"]] == ["p1", "p2"]
+    assert "cannot open as a video" in summary["skipped_prompts"][1]["reason"]  # the playlist is not followed
+    judged = {j["prompt_id"] for j in _lines(tmp_path / "skip" / "judgments.jsonl")}
+    assert judged <= {"p0", "p3", "p4"} and summary["pairs_judged"] == 3 - summary["prompts_dropped"]
+    assert summary["video_warnings"] == {"single_frame": 1, "non_image_files": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("single frame" in w for w in warned) == 1 and sum("notes.txt" in w for w in warned) == 1
+    with pytest.raises(ConfigError, match="on_bad_video must be"):
+        run_feedback(make_config(model_dir, root, tmp_path / "x", on_bad_video="ignore"))

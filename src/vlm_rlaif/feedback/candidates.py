@@ -9,7 +9,7 @@ Generation is batched over prompts, and each video's features come through the f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlm_rlaif.feedback.config import CandidateSettings
 from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
@@ -24,6 +24,8 @@ class PromptCandidates:
     answers: list[str]  # K distinct answers; empty when the prompt was dropped
     resampled: int  # answers drawn again because they repeated an earlier one or were empty
     dropped: bool
+    skipped: str | None = None  # on_bad_video "skip": why the prompt's video could not be used
+    video_warnings: list[str] = field(default_factory=list)  # data.frames.SINGLE_FRAME / NON_IMAGE_FILES
 
 
 def normalise(answer: str) -> str:

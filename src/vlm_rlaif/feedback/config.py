@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlm_rlaif.data.frames import check_on_bad_video
 from vlm_rlaif.errors import ConfigError
 
 
@@ -99,6 +100,9 @@ class FeedbackConfig:
     dtype: str | None = None
     toy_root: Path | None = None  # toy world directory (truth/) for oracle agreement; default video_root
     feature_cache_bytes: int = 1 << 30
+    # A prompt's video that is missing or does not decode: "fail" stops the run (the error names the
+    # prompts file, the record and the video); "skip" records the prompt as skipped and goes on.
+    on_bad_video: str = "fail"
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
     describe: ContextSettings = field(default_factory=ContextSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -122,8 +126,21 @@ class FeedbackConfig:
             self.describe.openai.check("feedback.describe.openai")
         if self.judge.kind == "openai":
             self.judge.openai.check("feedback.judge.openai")
+        check_on_bad_video(self.on_bad_video, "feedback")
         if not 0.0 <= self.judge.min_verdict_mass <= 1.0:
             raise ConfigError("feedback: judge.min_verdict_mass must be in [0, 1]")
+
+    def inputs(self) -> dict[str, Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        describes = self.context and self.describe.describer == "model"
+        return {
+            "model_dir": self.model_dir,
+            "prompts": self.prompts,
+            "video_root": self.video_root,
+            "toy_root": self.toy_root,
+            "describe.model_dir": self.describe.model_dir if describes else None,
+            "judge.model_dir": self.judge.model_dir if self.judge.kind == "local" else None,
+        }
 
 
 __all__ = ["CandidateSettings", "ContextSettings", "FeedbackConfig", "JudgeSettings", "OpenAISettings"]

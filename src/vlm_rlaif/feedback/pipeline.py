@@ -26,7 +26,7 @@ import numpy as np
 
 from vlm_rlaif.clients.openai_compat import ChatClient
 from vlm_rlaif.data import InstructionRecord, JsonlWriter, done_ids, iter_raw, read_records
-from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.data.frames import NON_IMAGE_FILES, SINGLE_FRAME, BadVideoError, FrameSampling, FrameStore
 from vlm_rlaif.data.records import to_messages
 from vlm_rlaif.errors import RecordError, UserError
 from vlm_rlaif.feedback.agreement import OracleReference, agreement
@@ -47,7 +47,6 @@ from vlm_rlaif.feedback.judges import (
 from vlm_rlaif.feedback.preferences import STATUSES, decide, preference_record, side
 from vlm_rlaif.models import FeatureCache, VideoExample, VideoLM, load_adapter_model
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.video import VideoLoadError
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +165,9 @@ class FeedbackRunner:
     # ------------------------------------------------------------------ candidates
 
     def video(self, prompt: InstructionRecord) -> tuple[np.ndarray, str]:
-        where = f"{self.config.prompts}: record {prompt.id}"
-        try:
-            return self.frames.video(prompt.video_source, where=where)
-        except VideoLoadError as err:
-            raise RecordError(f"{where}: {err}") from err
+        """Its frames; BadVideoError (naming the prompts file, the record and the video) when the
+        video is missing or does not decode."""
+        return self.frames.video(prompt.video_source, where=f"{self.config.prompts}: record {prompt.id}")
 
     def ensure_candidates(self, prompts: list[InstructionRecord], seed: int) -> None:
         """Sample (and log) candidates for the prompts that have none yet."""
@@ -178,15 +175,25 @@ class FeedbackRunner:
         if not todo:
             return
         started = time.perf_counter()
-        examples = []
+        examples, usable, skipped = [], [], []
         for prompt in todo:
-            frames, key = self.video(prompt)
+            try:
+                frames, key = self.video(prompt)
+            except BadVideoError as err:
+                if self.config.on_bad_video == "fail":
+                    raise
+                log.warning("skipped: %s", err)
+                skipped.append(PromptCandidates(prompt.id, [], 0, dropped=False, skipped=str(err)))
+                continue
             # The question only: a trailing reference answer (instruction files) is not shown.
             examples.append(VideoExample(to_messages(prompt.conversations[:1]), frames, key))
-        results = sample_candidates(self.policy, examples, [p.id for p in todo], self.config.candidates, seed)
+            usable.append(prompt)
+        results = sample_candidates(self.policy, examples, [p.id for p in usable], self.config.candidates, seed) if usable else []
+        for result, example in zip(results, examples):
+            result.video_warnings = self.frames.warnings.get(example.video_key, [])
         sampling = sampling_record(self.config.candidates, seed)
         with JsonlWriter(self.dir / CANDIDATES_FILE) as writer:
-            for result in results:
+            for result in [*results, *skipped]:
                 writer.write({**asdict(result), "sampling": sampling})
                 self.candidates[result.prompt_id] = result
                 self.sampling[result.prompt_id] = sampling
@@ -294,7 +301,7 @@ def run_feedback(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
     """The feedback stage (see the module docstring); returns the summary written to summary.json."""
     config.check()
     prompts = load_prompts(config.prompts, config.max_prompts)
-    run = RunDir.open(config.out, "feedback", config, config.seed, overwrite=overwrite)
+    run = RunDir.open(config.out, "feedback", config, config.seed, overwrite=overwrite, inputs=config.inputs())
     started = time.perf_counter()
     runner = FeedbackRunner(config, run.path)
     by_id = {p.id: p for p in prompts}
@@ -364,6 +371,9 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
     summary = {
         "prompts": len(prompts),
         "prompts_dropped": sum(c.dropped for c in candidates),
+        "prompts_skipped": sum(c.skipped is not None for c in candidates),  # on_bad_video "skip"
+        "skipped_prompts": [{"id": c.prompt_id, "reason": c.skipped} for c in candidates if c.skipped is not None],
+        "video_warnings": _video_warnings(prompts, runner.candidates),
         "answers_resampled": sum(c.resampled for c in candidates),
         "pairs_judged": len(judgments),
         **{f"pairs_{status}": statuses[status] for status in STATUSES},
@@ -387,6 +397,15 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
     }
     summary["oracle"] = oracle_summary(runner, {p.id: p for p in prompts}, judgments)
     return summary
+
+
+def _video_warnings(prompts: list[InstructionRecord], candidates: dict[str, PromptCandidates]) -> dict[str, int]:
+    """Distinct videos with each warning (single frame, non-image files in the frame folder)."""
+    videos: dict[str, set[str]] = {SINGLE_FRAME: set(), NON_IMAGE_FILES: set()}
+    for prompt in prompts:
+        for kind in candidates[prompt.id].video_warnings if prompt.id in candidates else []:
+            videos.setdefault(kind, set()).add(str(prompt.video_source))
+    return {kind: len(names) for kind, names in videos.items()}
 
 
 def oracle_summary(runner: FeedbackRunner, by_id: dict[str, InstructionRecord], judgments: list[dict]) -> dict:
