@@ -120,6 +120,7 @@ def run_pipeline(
     unknown = [s for s in (redo or []) + (only or []) if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    check_stage_inputs(recipe, settings, [s for s in settings.stages if not only or s in only], redo or [])
     results = []
     redoing = False
     for name in settings.stages:
@@ -134,6 +135,41 @@ def run_pipeline(
         if on_stage:
             on_stage(result)
     return results
+
+
+def check_stage_inputs(recipe: Recipe, settings: PipelineSettings, stages: list[str], redo: list[str]) -> None:
+    """Before any stage runs, check every stage's inputs (its config's `inputs()`, as its RunDir
+    does) except those an earlier stage of this run writes (they lie under its directory), so a
+    missing input fails now instead of after the stages before it. A finished stage that is kept
+    reads nothing."""
+    from vlm_rlaif.rundir import check_inputs
+
+    written: list[Path] = []
+    redoing = False
+    for name in stages:
+        redoing = redoing or name in redo
+        if name == "toyworld":
+            written.append(Path(settings.toyworld.out).resolve())
+            continue
+        config = _stage_config(recipe, name)
+        out = Path(config.out).resolve()
+        if redoing or not (out / "summary.json").exists():
+            inputs = config.inputs()
+            check_inputs(name, {
+                key: path for key, path in inputs.items()
+                if path is not None and not any(Path(path).resolve().is_relative_to(d) for d in written)
+            })
+        written.append(out)
+
+
+def _stage_config(recipe: Recipe, name: str):
+    if name == "judge_context":
+        from vlm_rlaif.feedback.config import FeedbackConfig
+
+        feedback = recipe.load(FeedbackConfig, "feedback")
+        return recipe.load(FeedbackConfig, "feedback", [f"out={_judge_context_dir(feedback)}"])
+    cls, _ = _LOADERS[name]()
+    return recipe.load(cls, name)
 
 
 def _status(directory: Path, stage: str, config: Any, redo: bool) -> str:
@@ -242,7 +278,7 @@ def _judge_context(recipe: Recipe, settings: PipelineSettings, redo: bool):
     from vlm_rlaif.feedback.config import FeedbackConfig
 
     feedback = recipe.load(FeedbackConfig, "feedback")
-    out = Path(feedback.out).parent / "judge_context"
+    out = _judge_context_dir(feedback)
     config = recipe.load(FeedbackConfig, "feedback", [f"out={out}"])
     status = _status(out, "judge_context", config, redo)
     if status == "reused":
@@ -250,12 +286,13 @@ def _judge_context(recipe: Recipe, settings: PipelineSettings, redo: bool):
     return out, status, measure_context(config, reuse_from=feedback.out, overwrite=status == "redone")
 
 
+def _judge_context_dir(feedback) -> Path:
+    return Path(feedback.out).parent / "judge_context"
+
+
+_LOADERS = {"sft": _sft, "feedback": _feedback, "rm": _rm, "ppo": _ppo, "eval": _eval}
 _RUNNERS = {
     "toyworld": _toyworld,
-    "sft": _stage("sft", _sft),
-    "feedback": _stage("feedback", _feedback),
+    **{name: _stage(name, load) for name, load in _LOADERS.items()},
     "judge_context": _judge_context,
-    "rm": _stage("rm", _rm),
-    "ppo": _stage("ppo", _ppo),
-    "eval": _stage("eval", _eval),
 }

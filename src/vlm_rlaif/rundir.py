@@ -30,7 +30,7 @@ import yaml
 
 from vlm_rlaif import __version__
 from vlm_rlaif.config import to_dict
-from vlm_rlaif.errors import RunDirError
+from vlm_rlaif.errors import RunDirError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def check_inputs(stage: str, inputs: dict[str, str | Path | None]) -> None:
+    """Raise a UserError naming every input path that does not exist (`inputs`: config key -> path,
+    None for an input this run does not use). Called before the run directory is made, so a stage
+    that cannot start leaves no directory behind that says "running"."""
+    missing = [f"{key} = {path}" for key, path in inputs.items() if path is not None and not Path(path).exists()]
+    if missing:
+        raise UserError(f"{stage}: cannot start, input not found: {'; '.join(missing)}")
+
+
 class RunDir:
     """One stage's output directory. Use `RunDir.open(...)`, then `log_metrics`, then `finish`."""
 
@@ -96,9 +105,18 @@ class RunDir:
 
     @classmethod
     def open(
-        cls, path: str | Path, stage: str, config: Any, seed: int, *, overwrite: bool = False
+        cls,
+        path: str | Path,
+        stage: str,
+        config: Any,
+        seed: int,
+        *,
+        overwrite: bool = False,
+        inputs: dict[str, str | Path | None] | None = None,
     ) -> "RunDir":
-        """Create a new run directory, resume an unfinished one, or refuse a finished one."""
+        """Create a new run directory, resume an unfinished one, or refuse a finished one; first
+        check that every path in `inputs` (see check_inputs) exists."""
+        check_inputs(stage, inputs or {})
         path = Path(path)
         cfg = to_dict(config)
         resumed = False
@@ -145,10 +163,20 @@ class RunDir:
 
     @classmethod
     def open_on_main(
-        cls, accelerator, path: str | Path, stage: str, config: Any, seed: int, *, overwrite: bool = False
+        cls,
+        accelerator,
+        path: str | Path,
+        stage: str,
+        config: Any,
+        seed: int,
+        *,
+        overwrite: bool = False,
+        inputs: dict[str, str | Path | None] | None = None,
     ) -> "RunDir":
         """`open` for a run of several processes (an accelerate Accelerator): the main process opens
         or resumes the directory and owns its files; the others wait for it, then get a handle."""
+        # Every process checks, so none is left waiting for a main process that refused to start.
+        check_inputs(stage, inputs or {})
         if accelerator.is_main_process:
             run = cls.open(path, stage, config, seed, overwrite=overwrite)
         accelerator.wait_for_everyone()

@@ -50,7 +50,9 @@ def measure_context(config: FeedbackConfig, *, overwrite: bool = False, reuse_fr
     """
     config.check()
     prompts = load_prompts(config.prompts, config.max_prompts)
-    run = RunDir.open(config.out, "feedback-measure-context", config, config.seed, overwrite=overwrite)
+    run = RunDir.open(
+        config.out, "feedback-measure-context", config, config.seed, overwrite=overwrite, inputs=config.inputs()
+    )
     if reuse_from is not None and not run.resumed:
         for name in (CANDIDATES_FILE, CONTEXTS_FILE):
             if (Path(reuse_from) / name).exists():

@@ -90,6 +90,10 @@ class DPOConfig:
         if self.data.eval_fraction is not None and not 0.0 <= self.data.eval_fraction < 1.0:
             raise ConfigError(f"dpo: data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
 
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        return {"model.path": self.model.path, **self.data.inputs()}
+
 
 # ------------------------------------------------------------------------------------------ loss
 
@@ -179,7 +183,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     records = read_pairs(data, "dpo")
 
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite)
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
 
     lm = load_adapter_model(
         config.model.path,

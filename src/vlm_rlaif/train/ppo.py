@@ -240,6 +240,21 @@ class PPOConfig:
         if self.init.adapter and self.policy.finetune == "full":
             raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
 
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        data, root = self.data, Path(self.data.root)
+        # The initialisation data is read only until the initialisation has finished.
+        init_done = (Path(self.out) / "policy_init" / "summary.json").is_file()
+        initialises = self.init.enabled and not self.init.adapter and not init_done
+        return {
+            "policy.model": self.policy.model,
+            "reward.model": self.reward.model,
+            "init.adapter": self.init.adapter,
+            "data.prompts": root / data.prompts,
+            "data.init_data": root / data.init_data if initialises else None,
+            "data.video_root" if data.video_root else "data.root": data.video_root or root,
+        }
+
 
 # ---------------------------------------------------------------------------- the prompt plan
 
@@ -706,7 +721,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
     # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
     accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, config.seed, overwrite=overwrite)
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, config.seed, overwrite=overwrite, inputs=config.inputs())
 
     cache = FeatureCache(max_bytes=runtime.feature_cache_mb << 20) if runtime.feature_cache_mb > 0 else None
     policy, reference, init_summary = load_policy(config, out, accelerator, cache)

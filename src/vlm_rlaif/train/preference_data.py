@@ -49,6 +49,12 @@ class PreferenceDataSettings:
     frame_cache_videos: int = 4096
     feature_cache_bytes: int = 1 << 30
 
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The preference files and the video root, by config key (see RunDir.open's inputs)."""
+        paths: dict[str, str | Path | None] = {f"data.files[{i}]": Path(self.root) / f for i, f in enumerate(self.files)}
+        paths["data.video_root" if self.video_root else "data.root"] = self.video_root or self.root
+        return paths
+
 
 @dataclass(frozen=True)
 class SourcedPreference:

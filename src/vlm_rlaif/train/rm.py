@@ -130,6 +130,11 @@ class RMConfig:
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=self.lora.targets)
 
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        sets = {f"data.eval_sets.{name}": Path(self.data.root) / f for name, f in self.data.eval_sets.items()}
+        return {"model.path": self.model.path, **self.data.inputs(), **sets, "data.toy_root": self.data.toy_root}
+
 
 # ------------------------------------------------------------------------------------------ loss
 
@@ -379,7 +384,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite)
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
 
     feature_cache = FeatureCache(data.feature_cache_bytes, data.feature_cache_dir)
     lm = load_adapter_model(

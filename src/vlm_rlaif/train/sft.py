@@ -166,6 +166,16 @@ class SFTConfig:
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
 
+    def inputs(self) -> dict[str, str | Path | None]:
+        """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
+        root = Path(self.data.root)
+        paths: dict[str, str | Path | None] = {"model.path": self.model.path}
+        for i, phase in enumerate(self.curriculum.phases):
+            paths.update({f"curriculum.phases[{i}].files[{j}]": root / f for j, f in enumerate(phase.files)})
+        paths.update({f"curriculum.pool[{j}]": root / f for j, f in enumerate(self.curriculum.pool)})
+        paths["data.video_root" if self.data.video_root else "data.root"] = self.data.video_root or root
+        return paths
+
 
 @dataclass
 class Phase:
@@ -226,11 +236,7 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
     check_training_records([r for p in phases for r in p.records] + eval_records, video_root)
 
     out = Path(config.out)
-    if accelerator.is_main_process:
-        run = RunDir.open(out, STAGE, config, settings.seed, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        run = RunDir(out, STAGE, resumed=True)  # the main process owns the directory's files
+    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
 
     lm = load_base_model(config, out, accelerator)
     trainable = choose_trainable(lm, config.tune, settings.seed)
