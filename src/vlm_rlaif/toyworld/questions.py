@@ -553,7 +553,7 @@ def _yes_no_facts(t: Truth, cfg: ToyWorldConfig, want_yes: bool) -> list[dict]:
         if want_yes:
             for e in changes:
                 out.append(base | {"kind": "change_colour", "colour": e.colour, "name_colour": e.from_colour})
-            for d in dirs - {"still"}:
+            for d in sorted(dirs - {"still"}):  # sorted: set order depends on the hash seed
                 out.append(base | {"kind": "move", "direction": d})
             if dirs - {"still"}:
                 out.append(base | {"kind": "move", "direction": None})
