@@ -115,7 +115,7 @@ def prompts_of(world: Path, lm, count: int, store_frames: int = FRAMES) -> list[
     from vlm_rlaif.data.frames import FrameSampling, FrameStore
 
     store = FrameStore(world, FrameSampling(num_frames=store_frames))
-    prompts, _ = read_prompts(world / "rl" / "prompts.json", world, lm.tokenizer, 128)
+    prompts, _ = read_prompts(world / "rl" / "prompts.json", world, lm, 128)
     return prompt_examples(prompts[:count], store)
 
 
@@ -492,6 +492,24 @@ def test_stop_at_question_mark_ends_responses_after_the_first_question_mark(worl
         assert [g.ended_with_eos for g in out] == [False, False, True]  # so a cut answer takes the -8
 
 
+def test_prompt_limit_counts_the_rendered_query(world):
+    # The released code's 128-token limit counts the whole query: system sentence, template, video
+    # placeholder and question, not the question alone.
+    from vlm_rlaif.models.llava_video.processing import render_conversation
+
+    lm = load_adapter_model(world / "sft_model")
+    question_tokens = len(lm.tokenizer(QUESTION, add_special_tokens=False)["input_ids"])
+    rendered = lm.prompt_length([{"role": "user", "content": QUESTION}])
+    text, _ = render_conversation([{"role": "user", "content": QUESTION}], has_video=True, add_generation_prompt=True)
+    assert rendered == 1 + len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # BOS + query
+    assert rendered > question_tokens
+    path = world / "rl" / "prompts.json"
+    prompts, dropped = read_prompts(path, world, lm, question_tokens)
+    assert prompts == [] and dropped == 16  # the questions fit, the queries do not
+    prompts, dropped = read_prompts(path, world, lm, rendered)
+    assert len(prompts) == 16 and dropped == 0
+
+
 def test_prompt_plan_and_learning_rate_schedule():
     settings = PPOSettings(rollout_batch_size=4, minibatch_size=2, epochs=2)
     plan = prompt_plan(10, settings, seed=0)
@@ -523,11 +541,11 @@ def test_errors_are_clear(world, tmp_path):
     bad = tmp_path / "bad.json"
     good = json.loads((world / "rl" / "prompts.json").read_text())
     bad.write_text(json.dumps([good[0], {"id": "x", "video": "videos/missing.mp4", "conversations": good[0]["conversations"]}]))
-    tokenizer = load_adapter_model(world / "sft_model").tokenizer
+    lm = load_adapter_model(world / "sft_model")
     with pytest.raises(RecordError, match=r"bad.json:\d+ \(id x\): video not found"):
-        read_prompts(bad, world, tokenizer, 128)
-    prompts, dropped = read_prompts(world / "rl" / "prompts.json", world, tokenizer, 3)
-    assert prompts == [] and dropped == 16  # every question is longer than 3 tokens
+        read_prompts(bad, world, lm, 128)
+    prompts, dropped = read_prompts(world / "rl" / "prompts.json", world, lm, 3)
+    assert prompts == [] and dropped == 16  # every prompt is longer than 3 tokens
 
     if not vllm_available():
         with pytest.raises(UserError, match="needs vllm"):

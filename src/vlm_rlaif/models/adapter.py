@@ -438,6 +438,14 @@ class VideoLM:
         batch["response_mask"] = response_mask
         return batch
 
+    def prompt_length(self, conversation: Sequence[dict], *, video: bool = True, where: str = "prompt") -> int:
+        """Tokens of the generation prompt of `conversation` as the model reads it (system sentence,
+        template, BOS, question), its video placeholder counted as one token (video=True), the way
+        the paper's code measures a query against its length limit."""
+        example = VideoExample(list(conversation))
+        ids, _ = self._encode(example, 1 if video else None, True, None, where)
+        return len(ids)
+
     def _resolve_mode(self, visual: VisualMode) -> str:
         if visual == "auto":
             return "features" if self.visual_path_frozen else "frames"

@@ -125,16 +125,17 @@ class DataSettings:
     """Files are relative to root, and so are the records' videos (unless video_root is set).
     prompts: RL prompts (instruction records; the first human turn is the question).
     init_data: the same prompts with reference answers, for the policy initialisation.
-    num_frames: frames per video (0: the policy model's own setting). Questions of more than
-    max_question_tokens tokens (the question alone, without template and video) are dropped, together
-    with their videos (the paper drops queries over 128 tokens)."""
+    num_frames: frames per video (0: the policy model's own setting). Prompts whose rendered query
+    (system sentence, template, video placeholder as one token, question) is over max_prompt_tokens
+    tokens are dropped, together with their videos (the released code drops queries over 128 tokens,
+    counted that way)."""
 
     root: str = "."
     prompts: str = "rl/prompts.json"
     init_data: str = "rl/PPO_init.json"
     video_root: str | None = None
     num_frames: int = 0
-    max_question_tokens: int = 128
+    max_prompt_tokens: int = 128
     frame_cache_videos: int = 1024
 
 
@@ -731,10 +732,10 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
 
     root = Path(config.data.root)
     store = frame_store(config, policy)
-    max_tokens = config.data.max_question_tokens
-    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy.tokenizer, max_tokens)
+    max_tokens = config.data.max_prompt_tokens
+    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy, max_tokens)
     if dropped:
-        log.warning("dropped %d prompts whose question exceeds %d tokens", dropped, config.data.max_question_tokens)
+        log.warning("dropped %d prompts whose rendered query exceeds %d tokens", dropped, max_tokens)
     plan = prompt_plan(len(prompts), settings, config.seed)
     engine = make_engine(
         runtime.engine, policy, adapter=POLICY if policy.adapter_names else None, model_dir=config.policy.model,

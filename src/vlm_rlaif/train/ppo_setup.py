@@ -7,7 +7,7 @@
 load_policy initialises the policy first when asked (initialise_policy: SFT on the RL prompts'
 reference answers through train/loop.py); load_value_and_reward builds the value model and the
 reward function. Both bases share the run's one FeatureCache. read_prompts reads the RL prompts
-(dropping over-long questions together with their videos); prompt_examples turns them into the
+(dropping over-long prompts together with their videos); prompt_examples turns them into the
 examples the policy and the reward model read.
 """
 
@@ -215,16 +215,21 @@ class Prompt:
     sourced: SourcedRecord
 
 
-def read_prompts(path: Path, video_root: Path, tokenizer, max_question_tokens: int) -> tuple[list[Prompt], int]:
+def read_prompts(path: Path, video_root: Path, lm: VideoLM, max_prompt_tokens: int) -> tuple[list[Prompt], int]:
     """The prompts of an instruction file (first human turn) whose video exists, and how many were
-    dropped for a question over max_question_tokens tokens."""
+    dropped for a rendered query over max_prompt_tokens tokens: the policy's whole generation prompt
+    (system sentence, template, video placeholder as one token, question), as the released code
+    counts it, not the question alone."""
+    from vlm_rlaif.reward import prompt_example
+
     prompts, dropped = [], 0
     for sourced in read_instruction_file(path):
         check_video_exists(video_root, sourced)
         question = sourced.record.question
         if not question:
             raise RecordError(f"{sourced.where}: the first human turn holds no question")
-        if len(tokenizer(question, add_special_tokens=False)["input_ids"]) > max_question_tokens:
+        length = lm.prompt_length(prompt_example(question).conversation, where=sourced.where)
+        if length > max_prompt_tokens:
             dropped += 1  # the prompt and its video go together: nothing can misalign
             continue
         prompts.append(Prompt(sourced.record.id, question, sourced))
