@@ -210,6 +210,32 @@ def test_wrong_layouts_say_what_is_missing(tmp_path, change, message):
         convert_llava_checkpoint(src, tmp_path / "out", vision_tower=None if change.get("no_tower") else tower)
 
 
+def test_a_checkpoint_without_tokenizer_files_fails_before_reading_weights(tmp_path, monkeypatch):
+    import vlm_rlaif.models.convert as convert
+
+    src, tower, *_ = write_original(tmp_path)
+    tokenizer_dir = tmp_path / "vicuna"
+    tokenizer_dir.mkdir()
+    for path in src.glob("*token*"):  # what the tokenizer's save_pretrained wrote
+        path.rename(tokenizer_dir / path.name)
+
+    def no_weights(directory):
+        raise AssertionError("read the weights before checking the tokenizer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "read_state_dict", no_weights)
+        with pytest.raises(UserError, match=rf"{src}: no tokenizer files \(expected tokenizer.json or tokenizer.model\); pass --tokenizer DIR"):
+            convert_llava_checkpoint(src, tmp_path / "out", vision_tower=tower)
+        with pytest.raises(UserError, match=rf"{tmp_path / 'elsewhere'}: no tokenizer files"):
+            convert_llava_checkpoint(src, tmp_path / "out", vision_tower=tower, tokenizer=tmp_path / "elsewhere")
+    assert not (tmp_path / "out").exists()
+
+    out = tmp_path / "out"
+    args = ["model", "convert", "--src", str(src), "--vision-tower", str(tower), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
+    assert cli_main(args) == 0
+    assert load_adapter_model(out).tokenizer.convert_ids_to_tokens(1) == "<s>"
+
+
 def test_adapter_errors_and_name_mapping(tmp_path):
     with pytest.raises(UserError, match="no adapter_config.json"):
         convert_llava_lora(tmp_path, tmp_path / "out")

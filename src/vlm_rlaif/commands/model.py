@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument(
         "--vision-tower", help="local CLIP vision tower directory (e.g. clip-vit-large-patch14-336); not for adapters"
     )
+    convert.add_argument(
+        "--tokenizer", help="directory holding the checkpoint's tokenizer files (default: --src); not for adapters"
+    )
     convert.add_argument("--out", required=True, help="directory to write (must not exist or be empty)")
     convert.add_argument(
         "--dtype", choices=["float32", "float16", "bfloat16"], help="weight dtype (default: as the checkpoint stores it)"
@@ -160,9 +163,11 @@ def run_convert(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
     if is_lora_adapter(args.src):
-        if args.vision_tower or args.dtype:
-            raise ConfigError("--vision-tower and --dtype apply to checkpoints, not to LoRA adapters")
+        if args.vision_tower or args.dtype or args.tokenizer:
+            raise ConfigError("--vision-tower, --tokenizer and --dtype apply to checkpoints, not to LoRA adapters")
         convert_llava_lora(args.src, out)
     else:
-        convert_llava_checkpoint(args.src, out, vision_tower=args.vision_tower, dtype=args.dtype, num_frames=args.frames)
+        convert_llava_checkpoint(
+            args.src, out, vision_tower=args.vision_tower, tokenizer=args.tokenizer, dtype=args.dtype, num_frames=args.frames
+        )
     return 0

@@ -6,7 +6,8 @@ The original layout (LLaVA / LLaVA-RLHF / VLM-RLAIF, e.g. SNUMPR/vlm_sft_video_l
 - weights (pytorch_model*.bin or *.safetensors, optionally sharded with an index): the LLaMA weights
   `model.embed_tokens`, `model.layers.*`, `model.norm`, `lm_head`, and the projector
   `model.mm_projector.{0,2}.*` (mlp2x_gelu: Linear, GELU, Linear) or `model.mm_projector.*` (linear);
-- tokenizer files (LLaMA's, without any video token);
+- tokenizer files (LLaMA's, without any video token); for a checkpoint saved without them, the
+  tokenizer directory is given with --tokenizer (e.g. the base Vicuna model's);
 - usually not the vision tower: it is CLIP ViT-L/14-336 loaded by name, given here with --vision-tower
   (a local CLIPVisionModel or CLIPModel directory). Checkpoints that carry tuned tower weights under
   `model.vision_tower.vision_tower.*` use those (the directory then only gives the tower's config).
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+# A LLaMA tokenizer is one of these (tokenizer.model alone needs sentencepiece to load).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 REQUIRED_MM_KEYS = ("mm_vision_tower", "mm_vision_select_layer", "mm_projector_type", "mm_hidden_size")
 LLAMA_KEYS = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -121,6 +124,7 @@ def convert_llava_checkpoint(
     out: str | os.PathLike,
     *,
     vision_tower: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
     dtype: str | torch.dtype | None = None,
     num_frames: int = 50,
     video_pooling: str = "spatiotemporal",
@@ -128,11 +132,12 @@ def convert_llava_checkpoint(
     """Write the original LLaVA checkpoint at `src` (tower from `vision_tower` unless the checkpoint
     holds it) as a llava-video model directory at `out`; returns `out`.
 
-    dtype: of every weight (default: the language model's as stored). num_frames: the frames per
-    video the processor records as the default sampling (the paper's 50).
+    tokenizer: a directory holding the checkpoint's tokenizer files (default: `src`), for checkpoints
+    saved without them. dtype: of every weight (default: the language model's as stored).
+    num_frames: the frames per video the processor records as the default sampling (the paper's 50).
     """
     from accelerate import init_empty_weights
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
     from vlm_rlaif.models.adapter import resolve_dtype
     from vlm_rlaif.models.llava_video import LlavaVideoConfig, LlavaVideoForCausalLM, LlavaVideoProcessor
@@ -163,6 +168,9 @@ def convert_llava_checkpoint(
             config_path,
             original["image_aspect_ratio"],
         )
+
+    # The tokenizer before the weights: reading a 7B checkpoint takes minutes.
+    tokenizer = _load_tokenizer(Path(tokenizer) if tokenizer is not None else src, given=tokenizer is not None)
 
     state = read_state_dict(src)
     num_layers = original["num_hidden_layers"]
@@ -204,13 +212,6 @@ def convert_llava_checkpoint(
             f"{tower_config.hidden_size}: wrong --vision-tower?"
         )
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-    except Exception as err:  # transformers raises many kinds here
-        raise UserError(
-            f"{src}: cannot load the tokenizer ({err}); "
-            "a LLaMA tokenizer.model needs `pip install sentencepiece protobuf`"
-        ) from err
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([VIDEO_TOKEN], special_tokens=True)
     if tokenizer.pad_token is None:
@@ -270,6 +271,21 @@ def convert_llava_checkpoint(
     LlavaVideoLM(model.eval(), processor, feature_cache=False).save(out)
     log.info("wrote %s: llava-video, %d layers, %d tokens, tower from %s", out, num_layers, rows, tower_where)
     return out
+
+
+def _load_tokenizer(directory: Path, *, given: bool):
+    """The checkpoint's tokenizer from `directory` (given: named by --tokenizer, else the checkpoint)."""
+    from transformers import AutoTokenizer
+
+    present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not present:
+        hint = "" if given else "; pass --tokenizer DIR, a directory holding them (e.g. the base Vicuna/LLaMA model's)"
+        raise UserError(f"{directory}: no tokenizer files (expected {' or '.join(TOKENIZER_FILES)}){hint}")
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as err:  # transformers raises many kinds here
+        hint = "; tokenizer.model alone needs `pip install sentencepiece protobuf`" if present == ["tokenizer.model"] else ""
+        raise UserError(f"{directory}: cannot load the tokenizer ({err}){hint}") from err
 
 
 def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
