@@ -241,6 +241,19 @@ def test_run_feedback_writes_public_layout_and_summary(model_dir, root, tmp_path
         run_feedback(config)
 
 
+def test_summary_counts_the_verdicts_under_min_verdict_mass(model_dir, root, tmp_path):
+    # A judge that puts too little probability on " A" / " B" gives no label; the summary says how often.
+    strict = make_config(model_dir, root, tmp_path / "strict", max_prompts=2, judge=JudgeSettings(batch_size=8, min_verdict_mass=0.999))
+    summary = run_feedback(strict)
+    judgments = _lines(tmp_path / "strict" / "judgments.jsonl")
+    masses = [j[f"verdict_mass_{order}"] for j in judgments for order in ("first", "second")]
+    under = sum(m < 0.999 for m in masses)
+    assert under > 0 and summary["verdicts_below_min_mass"] == under and summary["min_verdict_mass"] == 0.999
+    assert summary["pairs_invalid"] == sum(j["verdict_mass_first"] < 0.999 or j["verdict_mass_second"] < 0.999 for j in judgments)
+    lenient = run_feedback(make_config(model_dir, root, tmp_path / "lenient", max_prompts=2))
+    assert lenient["verdicts_below_min_mass"] == 0 and lenient["min_verdict_mass"] == 0.0
+
+
 def test_no_context_ablation_uses_the_plain_template(model_dir, root, tmp_path):
     config = make_config(model_dir, root, tmp_path / "run", context=False, max_prompts=2)
     summary = run_feedback(config)

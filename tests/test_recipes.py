@@ -82,6 +82,7 @@ def test_paper_recipe_holds_the_papers_numbers(tmp_path):
     assert (feedback.num_frames, feedback.clip_max_frames) == (50, 20)  # 3 clips
     assert (feedback.candidates.num_candidates, feedback.candidates.temperature) == (2, 1.0)
     assert feedback.context and feedback.judge.kind == "local" and feedback.model_dir == tmp_path / "sft" / "model"
+    assert feedback.judge.min_verdict_mass > 0  # an off-format verdict gives no label
 
     rm = recipe.load(RMConfig, "rm")
     assert (rm.lora.r, rm.lora.alpha, rm.lora.targets, rm.epochs) == (64, 16, "attn_mlp", 1)
@@ -99,6 +100,7 @@ def test_paper_recipe_holds_the_papers_numbers(tmp_path):
     assert (ppo.policy.lora.r, ppo.policy.lora.alpha) == (64, 16) and ppo.init.enabled
     assert ppo.init.train.batch_size * 8 * ppo.init.train.grad_accum == 128
     assert ppo.reward.value_init == "reward_model" and ppo.data.num_frames == 50
+    assert ppo.ppo.stop_at_question_mark and ppo.data.max_prompt_tokens == 128  # as the released code
 
     evaluation = recipe.load(EvalConfig, "eval")
     generation = evaluation.generation

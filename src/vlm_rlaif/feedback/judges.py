@@ -98,6 +98,11 @@ def model_dir_version(directory: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def below_min_mass(mass: float, min_verdict_mass: float) -> bool:
+    """A local verdict whose P(" A") + P(" B") is this small is off-format: invalid, not a label."""
+    return mass <= 0.0 or mass < min_verdict_mass
+
+
 class LocalJudge:
     def __init__(self, lm: VideoLM, settings: JudgeSettings, judge_id: str, version: str):
         self.lm = lm
@@ -127,7 +132,7 @@ class LocalJudge:
         for (logprob_a, logprob_b), rationale in zip(logprobs.tolist(), rationales):
             mass = math.exp(logprob_a) + math.exp(logprob_b)
             invalid = None
-            if mass <= 0.0 or mass < self.settings.min_verdict_mass:
+            if below_min_mass(mass, self.settings.min_verdict_mass):
                 invalid = f"P(A) + P(B) = {mass:.3g} is below min_verdict_mass {self.settings.min_verdict_mass}"
             prob_a = None if invalid else two_way_probability(logprob_a, logprob_b)
             verdicts.append(Verdict(prob_a, invalid, rationale, mass))
@@ -238,6 +243,7 @@ __all__ = [
     "OpenAIJudge",
     "OracleJudge",
     "Verdict",
+    "below_min_mass",
     "judge_template",
     "model_dir_version",
     "render_judge_prompt",

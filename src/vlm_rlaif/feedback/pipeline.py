@@ -40,6 +40,7 @@ from vlm_rlaif.feedback.judges import (
     OpenAIJudge,
     OracleJudge,
     Verdict,
+    below_min_mass,
     judge_template,
     model_dir_version,
     reply_format_id,
@@ -186,7 +187,7 @@ class FeedbackRunner:
                 skipped.append(PromptCandidates(prompt.id, [], 0, dropped=False, skipped=str(err)))
                 continue
             # The question only: a trailing reference answer (instruction files) is not shown.
-            examples.append(VideoExample(to_messages(prompt.conversations[:1]), frames, key))
+            examples.append(VideoExample(to_messages(prompt.conversations[:1]), frames, key, where=f"{self.config.prompts}: record {prompt.id}"))
             usable.append(prompt)
         results = sample_candidates(self.policy, examples, [p.id for p in usable], self.config.candidates, seed) if usable else []
         for result, example in zip(results, examples):
@@ -368,6 +369,9 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
         sum(j[f"invalid_{order}"] not in (None, NO_CONTEXT) for order in ("first", "second")) for j in judgments
     )
     kept = [j for j in judgments if j["status"] == "kept"]
+    # Local verdicts that min_verdict_mass made invalid (the judge put too little probability on A/B).
+    min_mass = runner.config.judge.min_verdict_mass
+    masses = [j.get(f"verdict_mass_{order}") for j in judgments for order in ("first", "second")]
     summary = {
         "prompts": len(prompts),
         "prompts_dropped": sum(c.dropped for c in candidates),
@@ -378,6 +382,8 @@ def summarise(runner: FeedbackRunner, prompts: list[InstructionRecord], judged: 
         "pairs_judged": len(judgments),
         **{f"pairs_{status}": statuses[status] for status in STATUSES},
         "invalid_replies": invalid_replies,
+        "min_verdict_mass": min_mass,
+        "verdicts_below_min_mass": sum(m is not None and below_min_mass(m, min_mass) for m in masses),
         "pairs_without_context": sum(j["invalid_first"] == NO_CONTEXT for j in judgments),
         "order_agreement": {
             "n": len(agreeing),
