@@ -229,8 +229,8 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def drop_rows_after(path: Path, key: str, value: int) -> None:
-    """On resume from a checkpoint, drop the JSONL rows whose `key` is past `value` (that work is
-    redone); a torn last line from the kill goes too."""
+    """On resume, drop the JSONL rows whose `key` is past `value`, the step resumed from (that work is
+    redone; -1 drops every row); a torn last line from the kill goes too."""
     if not path.is_file():
         return
     kept = []
