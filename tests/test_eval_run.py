@@ -385,3 +385,18 @@ def test_eval_on_bad_video_skip_records_and_counts_skipped_items(bad_videos, cap
     assert sum("single frame" in w for w in warned) == 1 and sum("notes.txt" in w for w in warned) == 1
     report = (Path(config("skip").out) / "results.md").read_text()
     assert re.search(r"\| mcq \| sft \| 5 \| choice 3 \| .* \| 2 \| single_frame 1, non_image_files 1 \|", report), report
+
+
+def test_a_question_too_long_for_the_model_names_the_benchmark_file_and_item(world, tmp_path):
+    from vlm_rlaif.models import load_adapter_model
+
+    bench = tmp_path / "qa.json"
+    bench.write_text(json.dumps([
+        {"video_name": "toy_0", "question_id": "short", "question": "What colour?", "answer": "red"},
+        {"video_name": "toy_1", "question_id": "huge", "question": "colour " * 800_000, "answer": "red"},
+    ]))  # fmt: skip
+    items = load_items("qa", bench)
+    frames = FrameStore(world / "videos", FrameSampling(num_frames=FRAMES))
+    settings = PredictSettings(num_frames=FRAMES, max_new_tokens=4, batch_size=2)
+    with pytest.raises(UserError, match=r"qa.json:\d+ \(question_id huge\): the prompt's text has \d+ characters"):
+        predict(load_adapter_model(world / "sft"), items, frames, tmp_path / "p.jsonl", settings)

@@ -340,3 +340,37 @@ def test_hidden_states_ignore_labels(lm):
     batch = lm.collate([chat("What colour is the circle?", "The circle is red.", frames(4))])
     assert "labels" in batch
     assert torch.equal(lm.hidden_states(batch), lm.hidden_states({k: v for k, v in batch.items() if k != "labels"}))
+
+
+def test_a_prompt_longer_than_the_model_positions_is_refused_before_generation(lm, monkeypatch):
+    import time
+
+    from vlm_rlaif.models import VideoExample
+    from vlm_rlaif.models.adapter import PromptTooLongError
+
+    assert lm.max_positions == 2048
+    calls = []
+    real_generate = lm.unwrapped_model.generate
+    monkeypatch.setattr(lm.unwrapped_model, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+
+    # 5 MB of text: refused at once, before tokenising or encoding anything, naming the record.
+    huge = VideoExample([{"role": "user", "content": "red " * 1_300_000}], frames(8), "v", where="q.json:7 (id 3)")
+    started = time.perf_counter()
+    with pytest.raises(PromptTooLongError, match=r"^q.json:7 \(id 3\): the prompt's text has 5200000 characters"):
+        lm.generate([ask("What colour?"), huge], GenerationSettings(max_new_tokens=4))
+    assert time.perf_counter() - started < 2 and calls == []
+
+    # Near the limit the tokenised length decides: video tokens and max_new_tokens count.
+    video = frames(8)
+    words = 400
+    while True:
+        example = ask("red " * words, video, "near")
+        length = lm.collate([example], add_generation_prompt=True)["input_ids"].shape[1]
+        if length > 2048 - 40:
+            break
+        words += 50
+    room = 2048 - length
+    lm.generate([example], GenerationSettings(max_new_tokens=room, temperature=0))  # fits exactly
+    with pytest.raises(PromptTooLongError, match=rf"example 1 \(video_key 'near'\): the prompt has {length} tokens"):
+        lm.generate([ask("What colour?"), example], GenerationSettings(max_new_tokens=room + 1, temperature=0))
+    assert isinstance(PromptTooLongError("x"), UserError)

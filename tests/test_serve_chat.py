@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import math
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -209,6 +210,28 @@ def test_playlists_and_concat_lists_are_refused_alike_for_existing_and_missing_f
     assert all(len(r) == 1 for r in replies.values()), replies
     assert "video data URLs must be of type" in next(iter(replies["m3u8 data url"]))[1]
     assert "video data URLs must be of type" in next(iter(replies["m3u8 data url as video"]))[1]
+
+
+def test_too_long_prompts_and_bodies_are_refused_without_the_model_lock(server, monkeypatch):
+    import time
+
+    import vlm_rlaif.serve.server as server_module
+
+    huge = {"messages": [{"role": "user", "content": "A " * 2_500_000}], "max_tokens": 4}  # a 5 MB question
+    near = {"messages": [{"role": "user", "content": "A " * 2040}], "max_tokens": 8}  # fits only without max_tokens
+    with server.lock:  # another request is generating: the huge one must not wait for it
+        started = time.perf_counter()
+        status, reply = post(server, huge)
+        assert time.perf_counter() - started < 10
+    assert status == 400 and "request messages: the prompt's text has 5000000 characters" in reply["error"]["message"]
+    status, reply = post(server, near)
+    assert status == 400 and re.search(r"request messages: the prompt has \d+ tokens .* max_new_tokens 8", reply["error"]["message"]), reply
+    status, reply = post(server, {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2})
+    assert status == 200, reply
+
+    monkeypatch.setattr(server_module, "MAX_BODY_BYTES", 1000)
+    status, reply = post(server, {"messages": [{"role": "user", "content": "A " * 1000}]})
+    assert status == 413 and "more than the 1000" in reply["error"]["message"]
 
 
 def test_no_video_root_means_no_local_files(judge, video_root):

@@ -5,7 +5,8 @@
 POST /v1/chat/completions takes video as image_url frames or as our video_url part (see
 vlm_rlaif.serve.openai_api) and returns token log-probabilities when asked (logprobs, top_logprobs),
 so a judge can read " A" / " B" probabilities; GET /v1/models lists the model. Any API key is accepted.
-Local files (video_url, image_url paths) are read only under --video-root.
+Local files (video_url, image_url paths) are read only under --video-root. A request body may be at
+most 64 MiB (413 beyond it); a prompt that with max_tokens exceeds the model's positions gets 400.
 """
 
 from __future__ import annotations

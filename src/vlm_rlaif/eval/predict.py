@@ -81,7 +81,7 @@ def iter_predict(
                     continue
                 first = len(examples)
                 for prompt in model_prompts(item):
-                    examples.append(VideoExample([{"role": "user", "content": prompt}], video=video, video_key=video_key))
+                    examples.append(VideoExample([{"role": "user", "content": prompt}], video=video, video_key=video_key, where=item.where))
                 spans.append((item, first, len(examples)))
             by_example = {g.example_index: g for g in lm.generate(examples, generation)} if examples else {}
             for item, first, end in spans:

@@ -61,6 +61,10 @@ class ModelInputError(UserError, ValueError):
     """An example, video or request the model cannot take; the message names the example."""
 
 
+class PromptTooLongError(ModelInputError):
+    """A prompt that, with max_new_tokens, does not fit in the model's positions."""
+
+
 @dataclass
 class VideoExample:
     """One conversation about (at most) one video.
@@ -73,11 +77,13 @@ class VideoExample:
     video_key: names the video *and its frame sampling* (e.g. "v12@uniform50"; a clip:
         "v12@uniform50/clip1"). Set it to let the frozen visual path run once per video; None turns
         caching off for this example.
+    where: names the example's record in errors (default: "example i").
     """
 
     conversation: list[dict[str, str]]
     video: np.ndarray | torch.Tensor | None = None
     video_key: str | None = None
+    where: str = ""  # the record or request it comes from ("file:line (id x)"), named by errors
 
 
 @dataclass
@@ -352,6 +358,49 @@ class VideoLM:
             items.append(done[id(example)])
         return items
 
+    # ---------------------------------------------------------------- prompt length
+
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the language model was built for (max_position_embeddings); None if unknown."""
+        config = self.unwrapped_model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(text, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def _longest_token(self) -> int:
+        if getattr(self, "_longest_token_memo", None) is None:
+            self._longest_token_memo = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
+        return self._longest_token_memo
+
+    def check_prompt_length(self, example: VideoExample, max_new_tokens: int, where: str, tokens: int | None = None) -> None:
+        """Raise PromptTooLongError (naming `where`) when the prompt plus max_new_tokens exceeds
+        max_positions. Every generation path calls it before the model allocates anything for the
+        prompt: first without `tokens` (a bound from the text's length, so a huge text is refused
+        before it is even tokenised), then with the tokenised prompt length, video tokens included."""
+        limit = self.max_positions
+        if limit is None:
+            return
+        room = limit - max_new_tokens
+        if tokens is None:
+            # No token is longer than the vocabulary's longest string: more characters than that
+            # many tokens can hold cannot fit.
+            chars = sum(len(turn.get("content") or "") for turn in example.conversation)
+            if chars > max(room, 0) * self._longest_token():
+                raise PromptTooLongError(
+                    f"{where}: the prompt's text has {chars} characters, far more than the model's {limit} "
+                    f"positions less max_new_tokens {max_new_tokens} can hold; shorten it"
+                )
+            return
+        if tokens > room:
+            raise PromptTooLongError(
+                f"{where}: the prompt has {tokens} tokens (video included); with max_new_tokens {max_new_tokens} "
+                f"that exceeds the model's {limit} positions; shorten it or lower max_new_tokens"
+            )
+
     # ---------------------------------------------------------------- batches
 
     def collate(
@@ -391,16 +440,21 @@ class VideoLM:
         )
 
     def _build_batch(
-        self, examples, items, mode, add_generation_prompt, with_labels, assistant_prefix, padding_side, max_length
+        self, examples, items, mode, add_generation_prompt, with_labels, assistant_prefix, padding_side, max_length,
+        max_new_tokens: int | None = None, indices: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """max_new_tokens: refuse prompts that leave less room than that (generation). indices: the
+        examples' positions in the caller's list, for error messages."""
         rows, labels = [], []
         for i, (example, item) in enumerate(zip(examples, items)):
-            where = _where(i, example)
+            where = _where(indices[i] if indices is not None else i, example)
             if item is None:
                 num_tokens = None
             else:
                 num_tokens = item.shape[0] if mode == "features" else self.num_video_tokens(example.video)
             ids, row_labels = self._encode(example, num_tokens, add_generation_prompt, assistant_prefix, where)
+            if max_new_tokens is not None:
+                self.check_prompt_length(example, max_new_tokens, where, tokens=len(ids))
             if max_length is not None and len(ids) > max_length:
                 ids, row_labels = self._truncate(ids, row_labels, max_length, add_generation_prompt, where)
             rows.append(ids)
@@ -584,6 +638,8 @@ class VideoLM:
         """
         settings = settings or GenerationSettings()
         config = self.generation_config(settings)
+        for i, example in enumerate(examples):  # a huge text is refused before anything is encoded
+            self.check_prompt_length(example, settings.max_new_tokens, _where(i, example))
         features = self._visual_items(examples, "features")
         jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
         results: list[Generation] = []
@@ -593,7 +649,7 @@ class VideoLM:
                 batch = self._build_batch(
                     [examples[i] for i, _ in chunk], [features[i] for i, _ in chunk], "features",
                     add_generation_prompt=True, with_labels=False, assistant_prefix=None, padding_side="left",
-                    max_length=None,
+                    max_length=None, max_new_tokens=settings.max_new_tokens, indices=[i for i, _ in chunk],
                 )
                 inputs = self.model_inputs(batch)
                 inputs.pop("position_ids")  # generate derives them from the mask, step by step
@@ -825,6 +881,8 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def _where(index: int, example: VideoExample) -> str:
+    if example.where:
+        return example.where
     return f"example {index}" + (f" (video_key {example.video_key!r})" if example.video_key else "")
 
 
@@ -872,6 +930,7 @@ __all__ = [
     "Generation",
     "GenerationSettings",
     "ModelInputError",
+    "PromptTooLongError",
     "VideoExample",
     "VideoLM",
     "resolve_dtype",

@@ -79,10 +79,15 @@ def complete(
     top_logprobs: int | None = None,
     stop: Sequence[str] = (),
     streamer=None,
+    where: str = "the conversation",
 ) -> Completion:
     """Generate one answer. top_logprobs: None = no log-probabilities; k >= 0 = each token's own and
-    its k most likely rivals. streamer: a transformers streamer that receives the tokens as they come."""
+    its k most likely rivals. streamer: a transformers streamer that receives the tokens as they come.
+    A prompt that leaves fewer than settings.max_new_tokens positions raises PromptTooLongError
+    naming `where`, before the model sees it."""
+    lm.check_prompt_length(example, settings.max_new_tokens, where)  # a huge text: refused untokenised
     batch = lm.collate([example], add_generation_prompt=True, visual="features")
+    lm.check_prompt_length(example, settings.max_new_tokens, where, tokens=batch["input_ids"].shape[1])
     inputs = lm.model_inputs(batch)
     inputs.pop("position_ids")  # generate derives them step by step
     config = lm.generation_config(settings, stop)

@@ -5,6 +5,11 @@ Endpoints: POST /v1/chat/completions (format: serve.openai_api), GET /v1/models,
 Any bearer token is accepted (the server is meant for loopback or a trusted network). Requests are
 handled on threads and answered one at a time under one model lock; a video sent again is not
 re-encoded (the model's feature cache, keyed by the video's content or path).
+
+Limits: a request body must carry a Content-Length of at most MAX_BODY_BYTES (64 MiB; larger: 413,
+missing: 411); a prompt that with max_tokens does not fit in the model's positions is answered 400
+before generation, and a text far too long for them is refused before it is tokenised (outside the
+model lock).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from vlm_rlaif.serve.openai_api import BadRequest, completion_response, error_re
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 256 * 1024 * 1024  # 50 base64 frames of 512 px are a few MB
+MAX_BODY_BYTES = 64 * 1024 * 1024  # 50 base64 frames of 512 px are a few MB; a video data URL ~48 MB
+
+
+class BodyRefused(BadRequest):
+    """A request body refused for its size (413) or for a missing Content-Length (411)."""
+
+    def __init__(self, message: str, status: HTTPStatus):
+        super().__init__(message)
+        self.status = status
 
 
 class VideoLMServer(ThreadingHTTPServer):
@@ -87,10 +100,16 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
             request = parse_request(
                 body, video_root=server.video_root, num_frames=server.num_frames, max_tokens=server.max_tokens
             )
+            # Cheap, and outside the lock: a huge text must not keep other requests waiting.
+            server.lm.check_prompt_length(request.example, request.settings.max_new_tokens, "request messages")
             with server.lock:
                 completion = complete(
-                    server.lm, request.example, request.settings, top_logprobs=request.top_logprobs, stop=request.stop
+                    server.lm, request.example, request.settings, top_logprobs=request.top_logprobs, stop=request.stop,
+                    where="request messages",
                 )
+        except BodyRefused as err:
+            self._send(err.status, error_response(str(err), param=err.param))
+            return
         except BadRequest as err:
             self._send(HTTPStatus.BAD_REQUEST, error_response(str(err), param=err.param))
             return
@@ -108,9 +127,15 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
 
     def _read_json(self) -> object:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if length is None or not length.isdigit():
             self.close_connection = True  # the unread body would be taken for the next request
-            raise BadRequest(f"a Content-Length header of at most {MAX_BODY_BYTES} bytes is required")
+            raise BodyRefused(f"a Content-Length header of at most {MAX_BODY_BYTES} bytes is required", HTTPStatus.LENGTH_REQUIRED)
+        if int(length) > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise BodyRefused(
+                f"the request body has {length} bytes, more than the {MAX_BODY_BYTES} this server takes",
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            )
         raw = self.rfile.read(int(length))
         try:
             return json.loads(raw)
