@@ -178,13 +178,13 @@ def clip_descriptions(lm, store, records: list[dict], oracle, world: Path, max_n
     return summary, contexts
 
 
-def judge_pairs(lm, store, records: list[dict], own: dict, true_context, oracle, world: Path) -> dict:
-    """Held-out judge-skill pairs, both orders, under the three CONDITIONS."""
-    from vlm_rlaif.feedback.config import JudgeSettings
+def judge_pairs(lm, store, records: list[dict], own: dict, true_context, oracle, world: Path, judge_settings) -> dict:
+    """Held-out judge-skill pairs, both orders, under the three CONDITIONS, judged as the recipe's
+    feedback judge does (its form and scale)."""
     from vlm_rlaif.feedback.judges import JudgeItem, LocalJudge
     from vlm_rlaif.prompts import format_context
 
-    judge = LocalJudge(lm, JudgeSettings(batch_size=16), "measure", "measure")
+    judge = LocalJudge(lm, judge_settings, "measure", "measure")
     items, meta = [], []
     for r in records:
         params = r["toy"]["params"]
@@ -262,6 +262,14 @@ class TruthDescriber:
             truth = self.truth_cls.from_dict(json.loads((self.world / "truth" / f"{video_id}.json").read_text()))
             out.append(self.describe_truth(truth)[int(clip)])
         return out
+
+
+def recipe_judge_settings(args, work: Path):
+    from vlm_rlaif.config import load_config
+    from vlm_rlaif.feedback import FeedbackConfig
+
+    config = load_config(FeedbackConfig, args.recipe, [], section="feedback", variables=_variables(args, work))
+    return config.judge
 
 
 def own_sampled_pairs(args, work: Path, world: Path, describe_truth) -> dict:
@@ -367,7 +375,8 @@ def main() -> None:
     report["short"] = short_answers(lm, store, held["SFT_short.json"], oracle, world)
     report["clips"], own = clip_descriptions(lm, store, held["SFT_clips.json"], oracle, world, args.describe_tokens)
     describe_truth = true_descriptions(cfg)
-    report["judge_held_out"] = judge_pairs(lm, store, held["SFT_judge.json"], own, describe_truth, oracle, world)
+    report["judge_held_out"] = judge_pairs(lm, store, held["SFT_judge.json"], own, describe_truth, oracle, world,
+                                           recipe_judge_settings(args, work))
     if args.feedback_prompts:
         report["judge_own_pairs"] = own_sampled_pairs(args, work, world, describe_truth)
     report["measure_seconds"] = round(time.perf_counter() - started, 1)

@@ -176,6 +176,37 @@ def test_local_judge_probabilities_match_next_token_logprobs(lm, root):
     assert strict.prob_a is None and "min_verdict_mass" in strict.invalid  # off-format judge: invalid, not guessed
 
 
+def test_likelihood_judge_scores_each_answer_after_the_context(lm, root):
+    """form: likelihood: P(A) = sigmoid(scale * (mean log-prob of A - of B)), each answer scored after
+    answer_with_context (the bare question without context); symmetric in the order shown."""
+    from vlm_rlaif.feedback.judges import mean_answer_logprobs
+
+    store = FrameStore(root, FrameSampling(FRAMES, CLIP_MAX))
+    frames, key = store.video("videos/v1.mp4")
+    settings = JudgeSettings(form="likelihood", likelihood_scale=2.0)
+    judge = LocalJudge(lm, settings, "local:tiny", "v")
+    item = JudgeItem("What colour is the square?", "It is red.", "It is blue.", "Clip 1: a red square", frames, key)
+    swapped = JudgeItem(item.question, item.answer_b, item.answer_a, item.context, frames, key)
+    bare = JudgeItem(item.question, item.answer_a, item.answer_b, None, frames, key)
+    first, second, without = judge.judge([item, swapped, bare])
+
+    def score(question, answer):  # the answer's mean token log-prob, computed from response_logprobs
+        example = VideoExample([{"role": "user", "content": question}], frames, key)
+        ids = lm.tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [lm.eos_token_id]
+        logprobs, mask = lm.response_logprobs([example], [ids])
+        return float(logprobs.sum() / mask.sum())
+
+    asked = load_prompt("answer_with_context").render(context=item.context, question=item.question)
+    expected = 1 / (1 + math.exp(-2.0 * (score(asked, "It is red.") - score(asked, "It is blue."))))
+    assert first.prob_a == pytest.approx(expected, abs=1e-4)
+    assert second.prob_a == pytest.approx(1 - first.prob_a, abs=1e-6)  # no position bias by construction
+    plain = 1 / (1 + math.exp(-2.0 * (score(item.question, "It is red.") - score(item.question, "It is blue."))))
+    assert without.prob_a == pytest.approx(plain, abs=1e-4) and without.prob_a != pytest.approx(first.prob_a, abs=1e-6)
+    examples = [VideoExample([{"role": "user", "content": asked}, {"role": "assistant", "content": "It is red."}],
+                             frames, key)]
+    assert mean_answer_logprobs(lm, examples, 4)[0] == pytest.approx(score(asked, "It is red."), abs=1e-4)
+
+
 # ---------------------------------------------------------------------- position-bias policies
 
 

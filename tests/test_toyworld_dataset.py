@@ -191,3 +191,29 @@ def test_same_world_in_fresh_processes_with_different_hash_seeds(tmp_path):
     out = tmp_path / "world"
     a, b = run_cli_with_hash_seeds(["toyworld", "--out", str(out), "--videos", "60", "--seed", "7"], out)
     assert differing_files(a, b) == []
+
+
+def test_context_examples_answer_from_the_true_clip_descriptions(tmp_path):
+    """context_per_video > 0: SFT records whose question carries the true clip descriptions
+    (answer_with_context) and whose answer is the reference; the other records are unchanged."""
+    from vlm_rlaif.prompts import load_prompt
+    from vlm_rlaif.toyworld import make_records, sample_truth
+
+    base = ToyWorldConfig(seed=7)
+    index = next(i for i in range(40) if split_of(i, base) == "sft")
+    truth = sample_truth(base, index)
+    truth.split = "sft"
+    plain = make_records(truth, ToyWorldConfig(seed=7, context_per_video=0))
+    truth.split = "sft"
+    with_context = make_records(truth, ToyWorldConfig(seed=7, context_per_video=3))
+    assert plain["sft/SFT_context.json"] == [] and len(with_context["sft/SFT_context.json"]) == 3
+    for name in FILES:
+        if name != "sft/SFT_context.json":
+            assert with_context[name] == plain[name], name
+    oracle = Oracle()
+    head = load_prompt("answer_with_context").text.split("{context}")[0]
+    for record in with_context["sft/SFT_context.json"]:
+        question, answer = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        assert question.startswith("<video>\n" + head)
+        assert "Clip 1: " in question and "Clip 3: " in question
+        assert oracle.check(truth, record["toy"], answer).correct

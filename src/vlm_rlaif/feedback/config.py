@@ -74,6 +74,13 @@ class ContextSettings:
 @dataclass
 class JudgeSettings:
     kind: Literal["local", "openai", "oracle"] = "local"
+    # local: "verdict" (the paper's pairwise judge: P(" A") vs P(" B") after the verdict prefix) or
+    # "likelihood" (each answer scored on its own: its mean log-probability per token when the judge
+    # is asked the question with the clip context in front, prompt answer_with_context; without
+    # context, the bare question). P(A) = sigmoid(likelihood_scale * (score A - score B)). It needs
+    # only reading the context, not comparing two answers, and has no position bias.
+    form: Literal["verdict", "likelihood"] = "verdict"
+    likelihood_scale: float = 4.0
     model_dir: Path | None = None  # local: default the policy (the paper: the SFT model judges itself)
     batch_size: int = 8
     rationale: bool = False  # local: also generate the judge's reply (greedy) and store it

@@ -5,6 +5,10 @@
   off). The verdict is the next-token probability of " A" vs " B" after the fixed assistant prefix
   judge_verdict_prefix, renormalised over the two: cheaper and steadier than parsing free text, and
   exactly the format of the toy world's judge-skill examples (prefix + " A" or " B" + ". reason").
+  With `form: likelihood` the local judge scores each answer on its own instead: the mean
+  log-probability per token of the answer when the judge is asked the question after the clip
+  context (answer_with_context; the bare question without context), and P(A) is a sigmoid of the
+  difference. Reading a fact off the context is enough for it; comparing is not needed.
 - `openai`: any OpenAI-compatible endpoint. The context goes as text, the frames optionally as images;
   the verdict comes from the top_logprobs at the verdict token when the server gives them, else from a
   strict parse of the reply. A reply without a clear verdict (garbage, truncated, a wrong letter) is
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from vlm_rlaif.clients.images import frames_to_image_parts
 from vlm_rlaif.clients.openai_compat import ChatClient, ChatRequest, ChatResult
@@ -30,7 +35,7 @@ from vlm_rlaif.clients.parsing import InvalidReply, choice_probabilities, parse_
 from vlm_rlaif.feedback.agreement import OracleReference
 from vlm_rlaif.feedback.config import JudgeSettings, OpenAISettings
 from vlm_rlaif.feedback.context import subsample
-from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models import IGNORE_INDEX, GenerationSettings, VideoExample, VideoLM
 from vlm_rlaif.prompts import PromptTemplate, load_prompt
 
 VERDICT_TOKENS = (" A", " B")  # what follows the verdict prefix in the judge-skill data
@@ -118,6 +123,8 @@ class LocalJudge:
         ]
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        if self.settings.form == "likelihood":
+            return self.judge_by_likelihood(items)
         examples = self.examples(items)
         logprobs = self.lm.next_token_logprobs(
             examples, VERDICT_TOKENS, assistant_prefix=self.prefix, batch_size=self.settings.batch_size
@@ -137,6 +144,40 @@ class LocalJudge:
             prob_a = None if invalid else two_way_probability(logprob_a, logprob_b)
             verdicts.append(Verdict(prob_a, invalid, rationale, mass))
         return verdicts
+
+
+    def judge_by_likelihood(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        examples = []
+        for item in items:
+            for answer in (item.answer_a, item.answer_b):
+                question = item.question if item.context is None else \
+                    load_prompt("answer_with_context").render(context=item.context, question=item.question)
+                examples.append(VideoExample(
+                    [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                    item.frames, item.video_key,
+                ))
+        scores = mean_answer_logprobs(self.lm, examples, self.settings.batch_size)
+        verdicts = []
+        for score_a, score_b in zip(scores[0::2], scores[1::2]):
+            difference = self.settings.likelihood_scale * (score_a - score_b)
+            verdicts.append(Verdict(two_way_probability(difference, 0.0)))
+        return verdicts
+
+
+@torch.no_grad()
+def mean_answer_logprobs(lm: VideoLM, examples: Sequence[VideoExample], batch_size: int) -> list[float]:
+    """Mean log-probability per token of each example's assistant answer (its tokens and EOS, as the
+    chat template writes them), given the conversation before it and the video."""
+    out = []
+    with lm.eval_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = lm.collate(examples[start : start + batch_size], with_labels=True, visual="features")
+            labels = batch["labels"][:, 1:].to(lm.device)
+            logits = lm.forward({k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+            mask = labels != IGNORE_INDEX
+            token_logprobs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            out.extend(((token_logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist())
+    return out
 
 
 class OpenAIJudge:

@@ -47,6 +47,7 @@ from vlm_rlaif.feedback.judges import (
 )
 from vlm_rlaif.feedback.preferences import STATUSES, decide, preference_record, side
 from vlm_rlaif.models import FeatureCache, VideoExample, VideoLM, load_adapter_model
+from vlm_rlaif.prompts import load_prompt
 from vlm_rlaif.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,9 @@ class FeedbackRunner:
 
 def judge_prompt_id(judge: Judge, with_context: bool) -> str:
     """The template id, plus the reply-format instruction an endpoint judge also gets."""
+    if isinstance(judge, LocalJudge) and judge.settings.form == "likelihood":
+        return load_prompt("answer_with_context").id if with_context \
+            else "question+answer likelihood"
     template = judge_template(with_context).id
     extra = reply_format_id(judge)
     return f"{template}+{extra}" if extra else template

@@ -192,6 +192,22 @@ def build_tiny_model(
     return LlavaVideoLM(model.eval(), processor)
 
 
+def load_vision_tower(lm: LlavaVideoLM, path: str | os.PathLike) -> None:
+    """Replace the model's vision tower weights with a saved CLIPVisionModel's (same shapes)."""
+    from transformers import CLIPVisionModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a saved vision tower (no config.json); make one with `vlm-rlaif vision`")
+    saved = CLIPVisionModel.from_pretrained(path).state_dict()
+    tower = lm.model.model.vision_tower
+    mine = tower.state_dict()
+    wrong = [k for k in mine if k not in saved or saved[k].shape != mine[k].shape]
+    if wrong:
+        raise UserError(f"{path}: this vision tower does not fit the model ({len(wrong)} weights differ, e.g. {wrong[0]})")
+    tower.load_state_dict({k: saved[k] for k in mine})
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -202,6 +218,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "build_tiny_model",
     "count_parameters",
+    "load_vision_tower",
     "read_corpus",
     "train_tokenizer",
 ]

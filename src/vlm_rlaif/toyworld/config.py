@@ -58,6 +58,7 @@ class ToyWorldConfig:
     long_per_video: int = 2  # SFT long-answer instructions
     judge_per_video: int = 3  # SFT judge-skill examples
     judge_long_fraction: float = 0.3  # judge examples built on long-answer questions
+    context_per_video: int = 2  # SFT answers read off the true clip descriptions (the likelihood judge's skill)
     feedback_per_video: int = 4  # feedback prompts (questions without answers)
     rl_per_video: int = 4  # RL prompts
     rl_long_fraction: float = 0.5  # share of long-answer RL / feedback prompts
@@ -97,7 +98,7 @@ class ToyWorldConfig:
         fractions = [self.sft_fraction, self.feedback_fraction, self.rl_fraction, self.eval_fraction]
         need(all(f >= 0 for f in fractions) and abs(sum(fractions) - 1.0) < 1e-6,
              f"split fractions must be >= 0 and sum to 1, got {fractions}")
-        for name in ("short_per_video", "long_per_video", "judge_per_video", "feedback_per_video",
+        for name in ("short_per_video", "long_per_video", "judge_per_video", "context_per_video", "feedback_per_video",
                      "rl_per_video", "eval_per_video"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
 

@@ -7,6 +7,7 @@ Layout of DIR (paths inside records are relative to DIR):
     sft/SFT_long.json         long-answer instructions (descriptions; the hard half)
     sft/SFT_clips.json        per-clip descriptions (records with clip: {index, count})
     sft/SFT_judge.json        judge-skill examples (with and without clip context)
+    sft/SFT_context.json      answers read off the true clip descriptions (answer_with_context prompt)
     feedback/prompts.json     questions without answers for the AI-feedback stage
     rl/prompts.json           RL prompts; rl/PPO_init.json: the same with reference answers
     eval/vcg_generic.json, eval/vcg_temporal.json, eval/vcg_consistency.json, eval/qa.json,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("sft", "feedback", "rl", "eval")
 FILES = (
     "sft/SFT_short.json", "sft/SFT_long.json", "sft/SFT_clips.json", "sft/SFT_judge.json",
-    "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
+    "sft/SFT_context.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
     "eval/vcg_generic.json", "eval/vcg_temporal.json", "eval/vcg_consistency.json", "eval/qa.json",
     "eval/mcq.json",
 )
@@ -157,6 +158,9 @@ def make_records(truth: Truth, cfg: ToyWorldConfig) -> dict[str, list[dict]]:
             record = judge_example(truth, cfg, asker, rng, truth.index * cfg.judge_per_video + j)
             if record is not None:
                 out["sft/SFT_judge.json"].append(record)
+        # Last, so that the records above draw the same random numbers with or without these.
+        for k, record in enumerate(context_examples(truth, cfg, asker, rng)):
+            out["sft/SFT_context.json"].append(record)
     elif truth.split in ("feedback", "rl"):
         n = cfg.feedback_per_video if truth.split == "feedback" else cfg.rl_per_video
         n_long = int(rng.binomial(n, cfg.rl_long_fraction))
@@ -209,6 +213,24 @@ def judge_example(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.rando
             "context": with_context, "prompt": prompt.id, "answers": [answer_a, answer_b],
         }),
     }
+
+
+def context_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random.Generator) -> list[dict]:
+    """Questions answered with the true clip descriptions in the prompt (answer_with_context): the
+    skill the likelihood judge uses, reading a fact off the context; short and long questions in
+    the proportion of the feedback prompts."""
+    n_long = int(rng.binomial(cfg.context_per_video, cfg.rl_long_fraction))
+    qas = _pick_qas(asker, LONG_QTYPES, n_long, rng) + _pick_qas(asker, SHORT_QTYPES, cfg.context_per_video - n_long, rng)
+    prompt = load_prompt("answer_with_context")
+    out = []
+    for k, qa in enumerate(qas):
+        context = format_context(clip_descriptions(truth, rng, cfg.order_gap))
+        out.append({
+            "id": f"{truth.video_id}_context_{k}", "video": video_path(truth.video_id),
+            "conversations": [_human(prompt.render(context=context, question=qa.questions[0])), _gpt(qa.answer)],
+            "toy": _toy(truth, qa),
+        })
+    return out
 
 
 def _eval_records(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random.Generator,

@@ -65,6 +65,9 @@ class TinyModelSettings:
     image_size: int = 32
     patch_size: int = 8
     seed: int = 0
+    # A pretrained vision tower (a CLIPVisionModel directory, e.g. from `vlm-rlaif vision`) whose
+    # weights replace the random ones; its shapes must match `size`, image_size and patch_size.
+    vision_tower: str | None = None
 
 
 @dataclass
@@ -170,6 +173,8 @@ class SFTConfig:
         """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
         root = Path(self.data.root)
         paths: dict[str, str | Path | None] = {"model.path": self.model.path}
+        if self.model.init is not None:
+            paths["model.init.vision_tower"] = self.model.init.vision_tower
         for i, phase in enumerate(self.curriculum.phases):
             paths.update({f"curriculum.phases[{i}].files[{j}]": root / f for j, f in enumerate(phase.files)})
         paths.update({f"curriculum.pool[{j}]": root / f for j, f in enumerate(self.curriculum.pool)})
@@ -361,7 +366,7 @@ def load_base_model(config: SFTConfig, out: Path, accelerator) -> VideoLM:
 
 def build_tiny_base(config: SFTConfig, path: Path) -> None:
     """Build the toy model from scratch, its tokenizer trained on every text of the curriculum's files."""
-    from vlm_rlaif.models.tiny import build_tiny_model, read_corpus, train_tokenizer
+    from vlm_rlaif.models.tiny import build_tiny_model, load_vision_tower, read_corpus, train_tokenizer
 
     init = config.model.init
     root = Path(config.data.root)
@@ -371,6 +376,8 @@ def build_tiny_base(config: SFTConfig, path: Path) -> None:
     lm = build_tiny_model(
         init.size, tokenizer, frames=init.frames, image_size=init.image_size, patch_size=init.patch_size, seed=init.seed
     )
+    if init.vision_tower:
+        load_vision_tower(lm, init.vision_tower)
     partial = path.with_name(path.name + ".partial")
     lm.save(partial)
     partial.rename(path)
