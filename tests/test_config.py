@@ -100,6 +100,11 @@ def test_recipe_variables(tmp_path):
     assert cfg.output_dir == Path("runs/toy/sft") and cfg.files == ["runs/toy/a.json"]
     cfg = load_config(Stage, recipe, ["note=${run_dir}/x"], section="sft", variables={"run_dir": "/tmp/r"})
     assert cfg.output_dir == Path("/tmp/r/sft") and cfg.note == "/tmp/r/x"
+    # a variable may refer to another, and a variable given by the caller wins
+    recipe.write_text("run_dir: runs/toy\nmodel: ${run_dir}/sft/model\nsft:\n  note: ${model}\n")
+    assert load_config(Stage, recipe, section="sft").note == "runs/toy/sft/model"
+    assert load_config(Stage, recipe, section="sft", variables={"run_dir": "/r"}).note == "/r/sft/model"
+    assert load_config(Stage, recipe, section="sft", variables={"model": "/shipped"}).note == "/shipped"
     recipe.write_text("sft:\n  note: ${nope}\n")
     with pytest.raises(ConfigError, match=r"unknown variable \$\{nope\}"):
         load_config(Stage, recipe, section="sft")

@@ -136,3 +136,35 @@ def test_same_numbers_in_fresh_processes_with_different_hash_seeds(tmp_path):
         return [line for line in lines if not re.search(r"\| (ran|reused|resumed|redone) \||per minute|seconds", line)]
 
     assert numbers(a / "report.md") == numbers(b / "report.md")
+
+
+def test_verdict_lines_follow_the_intervals(tmp_path):
+    from vlm_rlaif.demo.report import verdict_lines
+
+    def write(stage, summary):
+        (tmp_path / stage).mkdir(exist_ok=True)
+        (tmp_path / stage / "summary.json").write_text(json.dumps(summary))
+
+    def judge(rate, ci, diff, diff_ci):
+        write("judge_context", {"context": {"mean_of_orders": {"rate": rate, "ci95": ci, "n": 100}},
+                                "difference_context_minus_no_context": {"difference": diff, "ci95": diff_ci, "n": 100}})
+
+    judge(0.74, [0.70, 0.78], 0.14, [0.09, 0.19])
+    write("rm", {"eval": {"heldout": {"oracle": {"reward_model": {"rate": 0.72, "ci95": [0.65, 0.79], "n": 90}}}}})
+    text = "\n".join(verdict_lines(tmp_path))
+    assert "self-judge with its clip context beats chance" in text
+    assert "Context helped the judge: +0.140 [0.090, 0.190]" in text
+    assert "The reward model learnt the true preferences" in text
+    judge(0.52, [0.45, 0.59], -0.08, [-0.12, -0.03])
+    text = "\n".join(verdict_lines(tmp_path))
+    assert "is not measurably better than chance" in text and "Context hurt the judge" in text
+    judge(0.52, [0.45, 0.59], 0.01, [-0.03, 0.05])
+    assert "No measurable effect of context" in "\n".join(verdict_lines(tmp_path))
+
+
+def test_report_leads_with_verdicts_including_rlaif_vs_sft(quick_run):
+    _, report = quick_run
+    text = report.read_text()
+    verdicts = text[text.index("## Verdicts"):text.index("## 1.")]
+    assert "QA accuracy" in verdicts and "(RLAIF minus SFT, paired)" in verdicts
+    assert "Answers with judge phrasing: SFT " in verdicts and "Multiple-choice replies that name an option" in verdicts

@@ -55,6 +55,9 @@ def load_config(
             loaded = loaded[section]
         data = loaded
     scope.update(variables or {})
+    # A variable may refer to others (`sft_model: ${run_dir}/sft/model`); two rounds allow a chain of three.
+    for _ in range(2):
+        scope = {k: _substitute(v, scope, where=str(path or "config")) for k, v in scope.items()}
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)

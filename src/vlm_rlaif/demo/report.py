@@ -57,6 +57,7 @@ def write_report(
     run_dir = Path(run_dir)
     lines: list[str] = ["# vlm-rlaif demo report", ""]
     lines += _header(run_dir, results, quick=quick, seed=seed, seconds=seconds)
+    lines += verdict_lines(run_dir)
     lines += _judge_section(run_dir)
     lines += _feedback_section(run_dir)
     lines += _rm_section(run_dir)
@@ -92,6 +93,87 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
         lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} |" for r in results]
         lines += [""]
     return lines
+
+
+# Phrases of the pairwise judge's prompts and verdicts: in a policy's answer they mean the judge
+# examples of SFT leaked into answering.
+JUDGE_PHRASES = ("answer a", "answer b", "better answer", "a says", "b says")
+# (measure label of compare_models, unit, what "better" is called)
+VERDICT_MEASURES = (
+    ("QA accuracy (oracle), %", " points", "QA accuracy"),
+    ("hallucinations per description", "", "hallucinations per description"),
+    ("VCG-style correctness (0-5)", "", "VCG correctness"),
+    ("multiple-choice accuracy, %", " points", "multiple-choice accuracy"),
+)
+
+
+def _interval_word(low: float | None, high: float | None, null: float) -> str:
+    """"above" / "below" when the interval excludes `null`, else "within"."""
+    if low is None or high is None:
+        return "within"
+    return "above" if low > null else "below" if high < null else "within"
+
+
+def verdict_lines(run_dir: Path) -> list[str]:
+    """One line per question of the demo, each read off an interval: is the judge better than
+    chance, did the context help it, did the reward model learn the preferences, did RLAIF beat SFT."""
+    lines = []
+    judge = _load(run_dir / "judge_context" / "summary.json")
+    if judge:
+        m = judge["context"]["mean_of_orders"]
+        low, high = m.get("ci95") or (None, None)
+        side = _interval_word(low, high, 0.5)
+        lines.append(f"- The self-judge with its clip context {'beats' if side == 'above' else 'is not measurably better than' if side == 'within' else 'is worse than'} "
+                     f"chance: agreement with the oracle {_rate(m)}.")
+        d = judge["difference_context_minus_no_context"]
+        low, high = d.get("ci95") or (None, None)
+        side = _interval_word(low, high, 0.0)
+        head = {"above": "Context helped the judge", "below": "Context hurt the judge",
+                "within": "No measurable effect of context on the judge"}[side]
+        lines.append(f"- {head}: {d['difference']:+.3f}{_ci(low, high)} (context minus no context)." if d.get("difference") is not None
+                     else f"- {head}.")
+    rm = _load(run_dir / "rm" / "summary.json")
+    if rm:
+        oracle = (((rm.get("eval") or {}).get("heldout") or {}).get("oracle") or {}).get("reward_model") or {}
+        low, high = oracle.get("ci95") or (None, None)
+        side = _interval_word(low, high, 0.5)
+        lines.append(f"- The reward model {'learnt' if side == 'above' else 'did not measurably learn'} the true preferences: "
+                     f"it agrees with the oracle on {_rate(oracle)} of held-out pairs.")
+    evals = _load(run_dir / "eval" / "summary.json")
+    if evals and "rlaif" in evals.get("results", {}):
+        table = {row["measure"]: row for row in compare_models(run_dir, list(evals["results"]))}
+        for label, unit, name in VERDICT_MEASURES:
+            e = (table.get(label) or {}).get("vs_baseline", {}).get("rlaif")
+            if not e or e["value"] is None:
+                continue
+            side = _interval_word(e["low"], e["high"], 0.0)
+            better = side == ("above" if table[label]["higher_is_better"] else "below")
+            head = "No measurable difference in" if side == "within" else "RLAIF beat SFT on" if better else "RLAIF fell below SFT on"
+            lines.append(f"- {head} {name}: {e['value']:+.2f}{_ci(e['low'], e['high'], 2)}{unit} (RLAIF minus SFT, paired).")
+        in_format = {m: _mcq_in_format(run_dir, m) for m in ("sft", "rlaif")}
+        if all(in_format.values()):
+            lines.append(f"- Multiple-choice replies that name an option: SFT {in_format['sft'][0]} of {in_format['sft'][1]}, "
+                         f"RLAIF {in_format['rlaif'][0]} of {in_format['rlaif'][1]}.")
+        leaks = {m: judge_phrasing(run_dir, m) for m in ("sft", "rlaif")}
+        if all(v is not None for v in leaks.values()):
+            lines.append(f"- Answers with judge phrasing: SFT {leaks['sft'][0]} of {leaks['sft'][1]}, "
+                         f"RLAIF {leaks['rlaif'][0]} of {leaks['rlaif'][1]}.")
+    return (["## Verdicts", "", *lines, ""] if lines else [])
+
+
+def _mcq_in_format(run_dir: Path, model: str) -> tuple[int, int] | None:
+    items = _eval_items(run_dir, model, "mcq", "choice")
+    return (sum(j["status"] == "ok" for j in items.values()), len(items)) if items else None
+
+
+def judge_phrasing(run_dir: Path, model: str) -> tuple[int, int] | None:
+    """(answers holding a JUDGE_PHRASES phrase, answers) over a model's eval predictions."""
+    folder = run_dir / "eval" / "predictions" / model
+    if not folder.is_dir():
+        return None
+    answers = [a for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()
+               for a in (json.loads(line).get("predictions") or [])]
+    return sum(any(p in a.lower() for p in JUDGE_PHRASES) for a in answers), len(answers)
 
 
 def _history(run_dir: Path) -> list[dict]:
