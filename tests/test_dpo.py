@@ -13,7 +13,7 @@ import torch
 from colour_pairs import NUM_FRAMES, QUESTION, write_colour_pairs
 from vlm_rlaif.config import from_dict
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.errors import ConfigError
+from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models import LoraSettings, VideoExample, build_tiny_model, count_visual_calls, train_tokenizer
 from vlm_rlaif.models.registry import load_adapter_model
 from vlm_rlaif.rundir import read_metrics
@@ -134,3 +134,46 @@ def test_a_short_run_learns_which_answer_the_video_supports(world):
     assert (world / "run" / "lora" / "adapter_config.json").is_file()
     with pytest.raises(ConfigError, match="model.path"):
         from_dict(DPOConfig, {"data": {"files": ["x.jsonl"]}})
+
+
+def test_on_bad_video_fail_or_skip(world, tmp_path):
+    """A pair about a file of random bytes, one about a frame folder that does not decode."""
+    import json
+    import shutil
+
+    from bad_videos import write_bad_videos
+    from colour_pairs import NUM_VIDEOS, pair_record
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for v in range(NUM_VIDEOS):
+        shutil.copy(world / f"v{v}.mp4", root / f"v{v}.mp4")
+    corrupt, broken = write_bad_videos(root)
+    lines = (world / "prefs.jsonl").read_text().splitlines()
+    bad = [json.dumps(pair_record(100, "red", 1, corrupt)), json.dumps(pair_record(101, "blue", 2, broken))]
+    (root / "prefs.jsonl").write_text("\n".join([bad[1], *lines[:3], bad[0], *lines[3:]]) + "\n")
+
+    def config(out, on_bad_video="fail", files=("prefs.jsonl",)):
+        return from_dict(DPOConfig, {
+            "out": str(tmp_path / out),
+            "model": {"path": str(world / "sft")},
+            "data": {"files": list(files), "root": str(root), "eval_pairs": 4, "on_bad_video": on_bad_video},
+            "tune": {"lora_r": 4, "lora_alpha": 8},
+            "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 2, "eval_every": 0, "save_every": 0},
+        })
+
+    with pytest.raises(UserError, match=r"prefs\.jsonl:5 \(id p100\): video corrupt\.mp4: .*corrupt\.mp4: cannot open"):
+        run_dpo(config("fail"))
+    assert not (tmp_path / "fail").exists()  # opened before anything is written
+    # Without the random bytes, the frame folder that does not decode stops the run once the frames are decoded.
+    (root / "broken.jsonl").write_text("\n".join([bad[1], *lines]) + "\n")
+    with pytest.raises(UserError, match=r"broken\.jsonl:1 \(id p101\): video broken_frames: .*cannot read frame image"):
+        run_dpo(config("fail_2", files=["broken.jsonl"]))
+
+    summary = run_dpo(config("skip", "skip"))
+    assert summary["pairs_read"] == NUM_VIDEOS + 2 and summary["records_skipped"] == 2
+    assert summary["train_pairs"] + summary["heldout_pairs"] == NUM_VIDEOS
+    assert {(s["id"], s["video"]) for s in summary["skipped_records"]} == {("p100", "corrupt.mp4"), ("p101", "broken_frames")}
+    assert all(s["file"].endswith(("prefs.jsonl:1", "prefs.jsonl:5")) for s in summary["skipped_records"])
+    with pytest.raises(ConfigError, match="on_bad_video must be 'fail' or 'skip'"):
+        config("x", "ignore")

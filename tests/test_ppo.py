@@ -557,3 +557,40 @@ def test_cli_offers_ppo():
 
     help_text = build_parser().format_help()
     assert "ppo" in help_text and "policy initialisation and PPO" in help_text
+
+
+def test_on_bad_video_fail_or_skip(world, tmp_path):
+    """An RL prompt about a file of random bytes and an initialisation record about a frame folder that
+    does not decode, beside the world's prompts."""
+    import shutil
+
+    from bad_videos import write_bad_videos
+
+    root = tmp_path / "root"
+    shutil.copytree(world / "videos", root / "videos")
+    shutil.copytree(world / "rl", root / "rl")
+    corrupt, broken = write_bad_videos(root / "videos")
+    prompts = json.loads((root / "rl" / "prompts.json").read_text())
+    init = json.loads((root / "rl" / "PPO_init.json").read_text())
+    prompts.insert(2, {**prompts[0], "id": "bad_prompt", "video": f"videos/{corrupt}"})
+    init.append({**init[0], "id": "bad_init", "video": f"videos/{broken}"})
+    (root / "rl" / "prompts.json").write_text(json.dumps(prompts))
+    (root / "rl" / "PPO_init.json").write_text(json.dumps(init))
+
+    def config(out, on_bad_video="fail"):
+        return ppo_config(world, tmp_path / out, data={"root": str(root), "on_bad_video": on_bad_video},
+                          ppo={"max_iterations": 1})
+
+    with pytest.raises(UserError, match=r"prompts.json:\d+ \(id bad_prompt\): video videos/corrupt.mp4: .*cannot open"):
+        run_ppo(config("fail"), reward_fn=says_red)
+    assert not (tmp_path / "fail").exists()  # opened before anything is written
+
+    summary = run_ppo(config("skip", "skip"), reward_fn=says_red)
+    assert summary["iterations"] == 1 and summary["prompts"] == 16 and summary["records_skipped"] == 2
+    assert summary["init"]["examples"] == 16 and summary["init"]["records_skipped"] == 1
+    assert [(s["id"], s["video"]) for s in summary["skipped_records"]] == [
+        ("bad_prompt", "videos/corrupt.mp4"), ("bad_init", "videos/broken_frames")]
+    assert "PPO_init.json" in summary["skipped_records"][1]["file"]
+    assert "cannot read frame image" in summary["skipped_records"][1]["reason"]
+    with pytest.raises(ConfigError, match="on_bad_video must be 'fail' or 'skip'"):
+        config("x", "ignore")

@@ -16,7 +16,7 @@ from colour_pairs import NUM_FRAMES, NUM_VIDEOS, QUESTION, colour_frames, pair_r
 from vlm_rlaif.cli import main as cli_main
 from vlm_rlaif.config import from_dict
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
-from vlm_rlaif.errors import ConfigError, RecordError
+from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models import LoraSettings, VideoExample, build_tiny_model, count_visual_calls, train_tokenizer
 from vlm_rlaif.models.adapter import ModelInputError
 from vlm_rlaif.prompts import load_prompt
@@ -363,3 +363,50 @@ def test_a_killed_run_resumes_to_the_same_reward_model(world):
     for name in ("scalar_head.safetensors", "lora/adapter_model.safetensors"):
         whole, resumed = load_file(world / "whole" / "model" / name), load_file(world / "killed" / "model" / name)
         assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def bad_video_world(world, root):
+    """The colour pairs (their videos copied under `root`), plus a pair about a file of random bytes
+    and one about a frame folder that does not decode; also an extra evaluation set holding a pair
+    about the random bytes."""
+    import shutil
+
+    from bad_videos import write_bad_videos
+
+    root.mkdir()
+    for v in range(NUM_VIDEOS):
+        shutil.copy(world / f"v{v}.mp4", root / f"v{v}.mp4")
+    corrupt, broken = write_bad_videos(root)
+    lines = (world / "prefs.jsonl").read_text().splitlines()
+    bad = [pair_record(100, "red", 1, corrupt), pair_record(101, "blue", 2, broken)]
+    (root / "prefs.jsonl").write_text("\n".join(lines[:5] + [json.dumps(bad[0])] + lines[5:] + [json.dumps(bad[1])]) + "\n")
+    (root / "extra.jsonl").write_text(lines[0] + "\n" + json.dumps(pair_record(102, "red", 1, corrupt)) + "\n")
+    return root
+
+
+def test_on_bad_video_fail_or_skip(world, tmp_path):
+    root = bad_video_world(world, tmp_path / "root")
+
+    def config(out, on_bad_video="fail"):
+        return from_dict(RMConfig, {
+            "out": str(tmp_path / out),
+            "model": {"path": str(world / "sft")},
+            "data": {"files": ["prefs.jsonl"], "root": str(root), "eval_pairs": 4, "on_bad_video": on_bad_video,
+                     "eval_sets": {"extra": "extra.jsonl"}, "eval_sets_heldout_only": False},
+            "lora": {"r": 4, "alpha": 8},
+            "train": {"batch_size": 8, "lr": 1e-3, "max_steps": 2, "eval_every": 0, "save_every": 0},
+        })
+
+    with pytest.raises(UserError, match=r"prefs\.jsonl:6 \(id p100\): video corrupt\.mp4: .*corrupt\.mp4: cannot open"):
+        run_rm(config("fail"))
+    assert not (tmp_path / "fail").exists()  # opened before anything is written
+
+    summary = run_rm(config("skip", "skip"))
+    assert summary["pairs_read"] == NUM_VIDEOS + 2 and summary["records_skipped"] == 3
+    assert summary["train_pairs"] + summary["heldout_pairs"] == NUM_VIDEOS
+    skipped = {(s["id"], s["file"].rsplit("/", 1)[-1], s["video"]) for s in summary["skipped_records"]}
+    assert skipped == {("p100", "prefs.jsonl:6", "corrupt.mp4"), ("p101", f"prefs.jsonl:{NUM_VIDEOS + 2}", "broken_frames"),
+                       ("p102", "extra.jsonl:2", "corrupt.mp4")}
+    assert summary["eval"]["extra"]["records"] == 1
+    with pytest.raises(ConfigError, match="on_bad_video must be 'fail' or 'skip'"):
+        config("x", "ignore")

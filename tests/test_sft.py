@@ -318,3 +318,50 @@ def test_recipes_sft_sections_load(recipe):
     if recipe == "paper-7b.yaml":
         assert (config.tune.method, config.tune.lora_r, config.tune.lora_alpha, config.train.lr) == ("lora", 32, 32, 1e-4)
         assert config.data.num_frames == 50 and [p.epochs for p in config.curriculum.phases] == [1, 1]
+
+
+def test_on_bad_video_fail_or_skip(tmp_path):
+    """A record about a file of random bytes (found before the run directory is made) and one about a
+    frame folder that does not decode (found once the frames are decoded), beside five good videos."""
+    from bad_videos import write_bad_videos
+
+    world = write_world(tmp_path / "world")
+    corrupt, broken = write_bad_videos(world / "videos")
+    short = json.loads((world / "sft" / "short.json").read_text())
+    short += [
+        {"id": "bad1", "video": f"videos/{corrupt}", "conversations": [human("<video>\nWhat colour is it?"), gpt("Red.")]},
+        {"id": "bad2", "video": f"videos/{broken}", "conversations": [human("<video>\nWhat colour is it?"), gpt("Blue.")]},
+        {"id": "bad3", "video": f"videos/{corrupt}", "conversations": [human("<video>\nWhich way?"), gpt("Right.")]},
+    ]
+    (world / "sft" / "short.json").write_text(json.dumps(short, indent=1))
+
+    def small(world, out, on_bad_video="fail"):  # one epoch per phase, no eval set
+        data = config_dict(world, out)
+        data["data"].update(eval_fraction=0.0, on_bad_video=on_bad_video)
+        for phase in data["curriculum"]["phases"]:
+            phase["epochs"] = 1
+        out.with_suffix(".yaml").write_text(yaml.safe_dump({"sft": data}))
+        return load_config(SFTConfig, out.with_suffix(".yaml"), section="sft")
+
+    with pytest.raises(UserError, match=r"short.json:\d+ \(id bad1\): video videos/corrupt.mp4: .*corrupt.mp4: cannot open"):
+        run_sft(small(world, tmp_path / "fail"))
+    assert not (tmp_path / "fail").exists()  # opened before anything is written
+
+    world_2 = tmp_path / "world_2"
+    write_world(world_2)
+    write_bad_videos(world_2 / "videos")
+    only_broken = [r for r in short if r["id"] != "bad1" and r["id"] != "bad3"]
+    (world_2 / "sft" / "short.json").write_text(json.dumps(only_broken, indent=1))
+    with pytest.raises(UserError, match=r"short.json:\d+ \(id bad2\): video videos/broken_frames: .*cannot read frame image"):
+        run_sft(small(world_2, tmp_path / "fail_2"))
+
+    summary = run_sft(small(world, tmp_path / "skip", "skip"))
+    assert summary["records_skipped"] == 3 and summary["train_examples"] == 20
+    assert [(s["id"], s["video"]) for s in summary["skipped_records"]] == [
+        ("bad1", "videos/corrupt.mp4"), ("bad3", "videos/corrupt.mp4"), ("bad2", "videos/broken_frames")]
+    first = summary["skipped_records"][0]
+    assert first["file"].endswith("short.json:" + first["file"].rsplit(":", 1)[1]) and "cannot open" in first["reason"]
+    assert "cannot read frame image" in summary["skipped_records"][2]["reason"]
+    assert json.loads((tmp_path / "skip" / "summary.json").read_text())["records_skipped"] == 3
+    with pytest.raises(UserError, match="on_bad_video must be 'fail' or 'skip'"):
+        small(world, tmp_path / "x", "ignore")

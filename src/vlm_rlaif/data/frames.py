@@ -19,7 +19,7 @@ import numpy as np
 from vlm_rlaif.data.paths import find_video, resolve_under, resolve_video_source
 from vlm_rlaif.data.records import ClipSpec
 from vlm_rlaif.errors import ConfigError, RecordError
-from vlm_rlaif.video import VideoLoadError, load_video, split_clips
+from vlm_rlaif.video import VideoLoadError, load_video, probe_video, split_clips
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ class BadVideoError(RecordError):
         super().__init__(f"{prefix}video {video}: {reason}")
         self.video = video
         self.reason = reason
+
+
+def source_name(source: str | list[str]) -> str:
+    """How errors and keys name a record's video: its path, or "<first image>..<count>" for a list."""
+    return source if isinstance(source, str) else f"{source[0]}..{len(source)}"
+
+
+def probe_record_video(root: str | Path, source: str | list[str], *, where: str = "") -> None:
+    """The cheap check of a record's video, before anything knows how to sample it: it exists and
+    opens (video.probe_video; nothing is decoded). Raises BadVideoError naming `where` and the video;
+    a path escaping the root is a bad record (RecordError), not a bad video."""
+    path = resolve_video_source(root, source, where=where)
+    try:
+        probe_video([str(p) for p in path] if isinstance(path, list) else str(path))
+    except VideoLoadError as err:
+        raise BadVideoError(where, source_name(source), str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -79,10 +95,15 @@ class FrameStore:
         # warned about once, however often it is decoded again.
         self.warnings: dict[str, list[str]] = {}
 
+    @property
+    def capacity(self) -> int:
+        """How many decoded videos the LRU keeps."""
+        return self._max
+
     def video(self, source: str | list[str], *, where: str = "") -> tuple[np.ndarray, str]:
         """(frames uint8 (T, H, W, 3), video_key) of a record's `video` path or `images` list.
         A video that is missing or does not decode raises BadVideoError (naming `where` and the video)."""
-        key_base = source if isinstance(source, str) else f"{source[0]}..{len(source)}"
+        key_base = source_name(source)
         key = f"{key_base}@{self.sampling.tag}"
         if key in self._lru:
             self._lru.move_to_end(key)

@@ -8,10 +8,19 @@
 Decoded frames are kept by the FrameStore's LRU (size it to the number of distinct videos for small
 sets, or call `preload()`), so later epochs do not decode again; a clip record reuses its video's
 frames.
+
+Bad videos (missing, not a video, not decodable) are found before training by `check_videos`, the
+one check every training stage runs (its `data.on_bad_video`: "fail" stops with a BadVideoError
+naming the data file, the record and the video; "skip" drops every record of that video and lists
+them, see `skipped_summary`):
+
+    kept, skipped = check_videos(records, on_bad_video, root=video_root)   # opens each video once
+    kept, more = check_videos(kept, on_bad_video, store=store)            # decodes into the store
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ValidationError
 from tqdm.auto import tqdm
 
-from vlm_rlaif.data.frames import FrameStore
+from vlm_rlaif.data.frames import BadVideoError, FrameStore, probe_record_video, source_name
 from vlm_rlaif.data.jsonio import iter_raw
 from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.data.records import InstructionRecord, to_messages
@@ -32,6 +41,12 @@ if TYPE_CHECKING:
     from vlm_rlaif.train.preference_data import SourcedPreference
 
 R = TypeVar("R", bound=BaseModel)
+S = TypeVar("S")  # SourcedRecord or SourcedPreference
+
+log = logging.getLogger(__name__)
+
+# Skipped records a stage's summary lists (all of them are counted).
+SKIPPED_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,66 @@ def check_video_exists(root: Path, sourced: SourcedRecord | SourcedPreference) -
         raise RecordError(f"{sourced.where}: video not found: {missing[0]}")
 
 
+def check_videos(
+    records: Iterable[S], on_bad_video: str, *, root: str | Path | None = None, store: FrameStore | None = None
+) -> tuple[list[S], list[dict]]:
+    """Check each distinct video of `records` once; returns (the records whose video is good, the
+    skipped ones as {"id", "file" (path:line), "video", "reason"}).
+
+    With `root`: open each video (data.frames.probe_record_video: it exists and is a video file or a
+    frame folder; nothing decoded), cheap enough to run before the run directory exists. With
+    `store`: decode each video through it, so with a store that holds every video (see
+    `decodes_every_video`) training reuses these frames and the check costs nothing extra.
+    on_bad_video "fail": the first bad video raises BadVideoError naming the record's file, line and
+    id and the video; "skip": every record of a bad video is dropped (logged once per video).
+    A record whose path escapes the video root stays an error (RecordError) either way."""
+    if (root is None) == (store is None):
+        raise ValueError("check_videos needs exactly one of root and store")
+    kept: list[S] = []
+    skipped: list[dict] = []
+    bad: dict[object, str] = {}
+    checked: set[object] = set()
+    for sourced in records:
+        source = sourced.record.video_source
+        key = source if isinstance(source, str) else tuple(source)
+        if key not in checked:
+            checked.add(key)
+            try:
+                if store is not None:
+                    store.video(source, where=sourced.where)
+                else:
+                    probe_record_video(root, source, where=sourced.where)
+            except BadVideoError as err:
+                if on_bad_video != "skip":
+                    raise
+                log.warning("skipped (on_bad_video: skip): %s", err)
+                bad[key] = err.reason
+        if key in bad:
+            skipped.append(_skipped(sourced, bad[key]))
+        else:
+            kept.append(sourced)
+    return kept, skipped
+
+
+def decodes_every_video(store: FrameStore, records: Iterable) -> bool:
+    """Whether the store's LRU holds every distinct video of `records` (then decoding them all up
+    front is the preload training would do anyway; otherwise it would decode them a second time)."""
+    return len({video_identity(r.record) for r in records}) <= store.capacity
+
+
+def _skipped(sourced, reason: str) -> dict:
+    record_id = sourced.record.id
+    suffix = f" (id {record_id})"
+    file = sourced.where[: -len(suffix)] if sourced.where.endswith(suffix) else sourced.where
+    return {"id": record_id, "file": file, "video": source_name(sourced.record.video_source), "reason": reason}
+
+
+def skipped_summary(skipped: Sequence[dict]) -> dict:
+    """A stage summary's account of on_bad_video "skip": how many records were skipped, and the first
+    SKIPPED_LISTED of them with their reasons."""
+    return {"records_skipped": len(skipped), "skipped_records": list(skipped[:SKIPPED_LISTED])}
+
+
 def batch_plan(
     indices: Iterable[int],
     batch_size: int,
@@ -215,7 +290,10 @@ __all__ = [
     "batch_plan",
     "check_training_records",
     "check_video_exists",
+    "check_videos",
+    "decodes_every_video",
     "read_instruction_file",
+    "skipped_summary",
     "validated_records",
     "video_identity",
 ]

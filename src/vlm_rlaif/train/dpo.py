@@ -6,7 +6,8 @@
 Not part of the paper (which trains a reward model and runs PPO); DPO (Rafailov et al., 2023) learns
 from the same preference files directly, with no reward model and no sampling. Top to bottom:
 1. Read and check the preference files, drop useless pairs and hold out pairs by video, exactly as
-   the reward-model stage does (train/preference_data.py).
+   the reward-model stage does (train/preference_data.py); a pair whose video is missing or does
+   not decode stops the run or, with data.on_bad_video "skip", is dropped and counted in the summary.
 2. Load the SFT model and choose what trains: a LoRA adapter (default r=64, alpha=16 on attention and
    MLP projections, as the paper's policy) or the whole language model. The visual path stays frozen,
    so each video is encoded once into the feature cache and both answers of a pair reuse it.
@@ -35,7 +36,7 @@ from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import PlannedBatches
+from vlm_rlaif.train.data import PlannedBatches, skipped_summary
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
 from vlm_rlaif.train.preference_data import (
     PreferenceDataSettings,
@@ -89,6 +90,7 @@ class DPOConfig:
             raise ConfigError(f"dpo: epochs must be >= 1 and beta > 0, got {self.epochs}, {self.beta}")
         if self.data.eval_fraction is not None and not 0.0 <= self.data.eval_fraction < 1.0:
             raise ConfigError(f"dpo: data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        self.data.check("dpo")
 
     def inputs(self) -> dict[str, str | Path | None]:
         """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
@@ -180,7 +182,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     settings = config.train
     accelerator = accelerator_for(settings)
     data = config.data
-    records = read_pairs(data, "dpo")
+    records, skipped, pairs_read = read_pairs(data, "dpo")
 
     out = Path(config.out)
     run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
@@ -233,8 +235,9 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
         "base_model": config.model.path,
         "finetune": tune.method,
         "beta": config.beta,
-        "pairs_read": len(records),
+        "pairs_read": pairs_read,
         "pairs_dropped": pairs.dropped,
+        **skipped_summary(skipped + pairs.skipped),  # on_bad_video "skip"
         "train_pairs": len(pairs.train),
         "heldout_pairs": len(pairs.heldout),
         "steps": result.steps,

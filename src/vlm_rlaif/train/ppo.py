@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlm_rlaif.data.frames import check_on_bad_video
 from vlm_rlaif.data.jsonio import JsonlWriter
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
@@ -60,19 +61,22 @@ from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarModel
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rollout.engine import EngineKind, RolloutEngine, make_engine
-from vlm_rlaif.rundir import RunDir, drop_rows_after, read_metrics
+from vlm_rlaif.rundir import RunDir, check_inputs, drop_rows_after, read_metrics
 from vlm_rlaif.train import checkpoints, ppo_math
+from vlm_rlaif.train.data import SKIPPED_LISTED
 from vlm_rlaif.train.loop import TrainSettings
 from vlm_rlaif.train.ppo_setup import (
     POLICY,
     REFERENCE,
     VALUE,
     Prompt,
+    decode_prompt_videos,
     frame_store,
     load_policy,
     load_value_and_reward,
     prompt_examples,
     read_prompts,
+    read_rl_data,
 )
 
 log = logging.getLogger(__name__)
@@ -128,7 +132,9 @@ class DataSettings:
     num_frames: frames per video (0: the policy model's own setting). Prompts whose rendered query
     (system sentence, template, video placeholder as one token, question) is over max_prompt_tokens
     tokens are dropped, together with their videos (the released code drops queries over 128 tokens,
-    counted that way)."""
+    counted that way). on_bad_video: a prompt's or an initialisation record's video that is missing
+    or does not decode stops the run ("fail", naming the file, the record and the video) or is
+    skipped ("skip": its records are dropped and counted in the summary)."""
 
     root: str = "."
     prompts: str = "rl/prompts.json"
@@ -137,6 +143,7 @@ class DataSettings:
     num_frames: int = 0
     max_prompt_tokens: int = 128
     frame_cache_videos: int = 1024
+    on_bad_video: str = "fail"
 
 
 @dataclass
@@ -240,13 +247,18 @@ class PPOConfig:
             )
         if self.init.adapter and self.policy.finetune == "full":
             raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
+        check_on_bad_video(self.data.on_bad_video, "ppo: data")
+
+    @property
+    def initialises(self) -> bool:
+        """Whether this run reads data.init_data: only until the initialisation has finished."""
+        init_done = (Path(self.out) / "policy_init" / "summary.json").is_file()
+        return self.init.enabled and not self.init.adapter and not init_done
 
     def inputs(self) -> dict[str, str | Path | None]:
         """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
         data, root = self.data, Path(self.data.root)
-        # The initialisation data is read only until the initialisation has finished.
-        init_done = (Path(self.out) / "policy_init" / "summary.json").is_file()
-        initialises = self.init.enabled and not self.init.adapter and not init_done
+        initialises = self.initialises
         return {
             "policy.model": self.policy.model,
             "reward.model": self.reward.model,
@@ -722,10 +734,12 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
     # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
     accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
     out = Path(config.out)
+    check_inputs(STAGE, config.inputs())
+    rl_data = read_rl_data(config)  # every video opens (or its records are skipped) before anything is written
     run = RunDir.open_on_main(accelerator, out, STAGE, config, config.seed, overwrite=overwrite, inputs=config.inputs())
 
     cache = FeatureCache(max_bytes=runtime.feature_cache_mb << 20) if runtime.feature_cache_mb > 0 else None
-    policy, reference, init_summary = load_policy(config, out, accelerator, cache)
+    policy, reference, init_summary = load_policy(config, out, accelerator, cache, rl_data)
     value, reward_fn, reward_info = load_value_and_reward(config, policy, accelerator, cache, reward_fn)
     if runtime.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
@@ -733,9 +747,13 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
     root = Path(config.data.root)
     store = frame_store(config, policy)
     max_tokens = config.data.max_prompt_tokens
-    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy, max_tokens)
+    prompts, dropped = read_prompts(root / config.data.prompts, store.root, policy, max_tokens, records=rl_data.prompts)
     if dropped:
         log.warning("dropped %d prompts whose rendered query exceeds %d tokens", dropped, max_tokens)
+    prompts, more = decode_prompt_videos(prompts, store, config.data.on_bad_video)
+    skipped = rl_data.prompts_skipped + more
+    if not prompts:
+        raise UserError(f"ppo: no RL prompt left in {root / config.data.prompts} ({dropped} too long, {len(skipped)} with bad videos)")
     plan = prompt_plan(len(prompts), settings, config.seed)
     engine = make_engine(
         runtime.engine, policy, adapter=POLICY if policy.adapter_names else None, model_dir=config.policy.model,
@@ -782,6 +800,9 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
         "resumed_from_iteration": start or None,
         "prompts": len(prompts),
         "prompts_dropped": dropped,
+        # on_bad_video "skip": the RL prompts' and the initialisation data's skipped records
+        "records_skipped": len(skipped) + init_summary.get("records_skipped", 0),
+        "skipped_records": (skipped + init_summary.get("skipped_records", []))[:SKIPPED_LISTED],
         "init": init_summary,
         "reward": reward_info,
         "policy_adapter": str(out / "policy_adapter") if policy.adapter_names else None,

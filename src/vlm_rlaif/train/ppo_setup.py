@@ -9,6 +9,11 @@ reference answers through train/loop.py); load_value_and_reward builds the value
 reward function. Both bases share the run's one FeatureCache. read_prompts reads the RL prompts
 (dropping over-long prompts together with their videos); prompt_examples turns them into the
 examples the policy and the reward model read.
+
+Bad videos (data.on_bad_video, for the RL prompts and the initialisation data alike): read_rl_data
+opens every video before the run directory is made; the videos are decoded through the frame store
+before they are used (when it holds them all, so the frames are reused). "fail" stops at the first
+bad one, naming the file, the record and the video; "skip" drops its records and lists them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +33,14 @@ from vlm_rlaif.models.adapter import VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarHead, ScalarModel
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import SourcedRecord, check_video_exists, read_instruction_file
+from vlm_rlaif.train.data import (
+    SourcedRecord,
+    check_video_exists,
+    check_videos,
+    decodes_every_video,
+    read_instruction_file,
+    skipped_summary,
+)
 
 if TYPE_CHECKING:  # ppo.py imports this module; its types are for annotations only
     from vlm_rlaif.train.ppo import PPOConfig, RewardFn
@@ -42,11 +54,37 @@ POLICY, REFERENCE, VALUE = "policy", "reference", "value"
 # ---------------------------------------------------------------------------- the bases
 
 
+@dataclass
+class RLData:
+    """The RL prompts' and the initialisation data's records whose videos open (read_rl_data), and the
+    records skipped for a bad video (on_bad_video "skip")."""
+
+    prompts: list[SourcedRecord]
+    prompts_skipped: list[dict]
+    init: list[SourcedRecord] | None = None  # None: this run does not read the initialisation data
+    init_skipped: list[dict] = field(default_factory=list)
+
+
+def read_rl_data(config: PPOConfig) -> RLData:
+    """Read data.prompts (and data.init_data when this run initialises the policy) and open every
+    video, before anything is written (see the module docstring)."""
+    data, root = config.data, Path(config.data.root)
+    video_root = Path(data.video_root or data.root)
+    prompts, prompts_skipped = check_videos(read_instruction_file(root / data.prompts), data.on_bad_video, root=video_root)
+    result = RLData(prompts, prompts_skipped)
+    if config.initialises:
+        result.init, result.init_skipped = check_videos(
+            read_instruction_file(root / data.init_data), data.on_bad_video, root=video_root
+        )
+    return result
+
+
 def load_policy(
-    config: PPOConfig, out: Path, accelerator, cache: FeatureCache | None
+    config: PPOConfig, out: Path, accelerator, cache: FeatureCache | None, rl_data: RLData | None = None
 ) -> tuple[VideoLM, VideoLM | None, dict]:
     """The policy base with its trainable policy and frozen reference (initialising the policy first
-    when asked); returns (policy, reference copy for full fine-tuning or None, init summary)."""
+    when asked, on rl_data.init when given); returns (policy, reference copy for full fine-tuning or
+    None, init summary)."""
     from vlm_rlaif.models.registry import load_adapter_model
 
     runtime = config.runtime
@@ -61,7 +99,11 @@ def load_policy(
         policy.load_lora(config.init.adapter, POLICY, trainable=True)
         policy.load_lora(config.init.adapter, REFERENCE, trainable=False)
     elif config.init.enabled and not init_done:
-        init_summary = initialise_policy(config, policy, init_dir, accelerator)
+        init = rl_data if rl_data is not None and rl_data.init is not None else None
+        init_summary = initialise_policy(
+            config, policy, init_dir, accelerator,
+            records=init.init if init else None, skipped=init.init_skipped if init else (),
+        )
         if not full:
             policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
     elif config.init.enabled:
@@ -83,17 +125,38 @@ def load_policy(
     return policy, reference, init_summary
 
 
-def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accelerator) -> dict:
+def initialise_policy(
+    config: PPOConfig,
+    policy: VideoLM,
+    init_dir: Path,
+    accelerator,
+    *,
+    records: list[SourcedRecord] | None = None,
+    skipped: Sequence[dict] = (),
+) -> dict:
     """SFT the policy on the RL prompts' reference answers (train/loop.py); saves init_dir/adapter
-    (LoRA: the adapter POLICY is added and trained) or init_dir/model (full fine-tuning)."""
+    (LoRA: the adapter POLICY is added and trained) or init_dir/model (full fine-tuning).
+    records: data.init_data already read (read_rl_data), with `skipped` the records it skipped; each
+    video is decoded before training (when the frame store holds them all)."""
     from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan
     from vlm_rlaif.train.loop import train
     from vlm_rlaif.train.sft import make_sft_loss
 
     settings = config.init.train
     root = Path(config.data.root)
-    records = read_instruction_file(root / config.data.init_data)
-    dataset = InstructionDataset(records, frame_store(config, policy))
+    if records is None:
+        records, skipped = check_videos(
+            read_instruction_file(root / config.data.init_data), config.data.on_bad_video,
+            root=Path(config.data.video_root or config.data.root),
+        )
+    skipped = list(skipped)
+    store = frame_store(config, policy)
+    if decodes_every_video(store, records):  # the frames stay in the store for training
+        records, more = check_videos(records, config.data.on_bad_video, store=store)
+        skipped += more
+    if not records:
+        raise UserError(f"ppo: no record of {root / config.data.init_data} has a good video ({len(skipped)} skipped)")
+    dataset = InstructionDataset(records, store)
     if config.policy.finetune == "lora":
         torch.manual_seed(config.seed)
         policy.add_lora(POLICY, config.policy.lora)
@@ -115,6 +178,7 @@ def initialise_policy(config: PPOConfig, policy: VideoLM, init_dir: Path, accele
         "train_loss": result.train_metrics.get("loss"),
         "seconds": round(result.seconds, 1),
         "trained": True,
+        **skipped_summary(skipped),  # on_bad_video "skip"
     }
     if accelerator.is_main_process:
         if config.policy.finetune == "lora":
@@ -215,15 +279,17 @@ class Prompt:
     sourced: SourcedRecord
 
 
-def read_prompts(path: Path, video_root: Path, lm: VideoLM, max_prompt_tokens: int) -> tuple[list[Prompt], int]:
+def read_prompts(
+    path: Path, video_root: Path, lm: VideoLM, max_prompt_tokens: int, *, records: Sequence[SourcedRecord] | None = None
+) -> tuple[list[Prompt], int]:
     """The prompts of an instruction file (first human turn) whose video exists, and how many were
     dropped for a rendered query over max_prompt_tokens tokens: the policy's whole generation prompt
     (system sentence, template, video placeholder as one token, question), as the released code
-    counts it, not the question alone."""
+    counts it, not the question alone. records: the file already read (read_rl_data)."""
     from vlm_rlaif.reward import prompt_example
 
     prompts, dropped = [], 0
-    for sourced in read_instruction_file(path):
+    for sourced in read_instruction_file(path) if records is None else records:
         check_video_exists(video_root, sourced)
         question = sourced.record.question
         if not question:
@@ -234,6 +300,16 @@ def read_prompts(path: Path, video_root: Path, lm: VideoLM, max_prompt_tokens: i
             continue
         prompts.append(Prompt(sourced.record.id, question, sourced))
     return prompts, dropped
+
+
+def decode_prompt_videos(prompts: list[Prompt], store: FrameStore, on_bad_video: str) -> tuple[list[Prompt], list[dict]]:
+    """Decode every prompt's video now when the store holds them all (the rollouts then reuse the
+    frames): (the prompts whose video decodes, the skipped ones under on_bad_video "skip")."""
+    if not decodes_every_video(store, [p.sourced for p in prompts]):
+        return prompts, []
+    kept, skipped = check_videos([p.sourced for p in prompts], on_bad_video, store=store)
+    keep = {id(r) for r in kept}
+    return [p for p in prompts if id(p.sourced) in keep], skipped
 
 
 def prompt_examples(prompts: Sequence[Prompt], store: FrameStore) -> list[VideoExample]:
@@ -256,6 +332,8 @@ __all__ = [
     "REFERENCE",
     "VALUE",
     "Prompt",
+    "RLData",
+    "decode_prompt_videos",
     "frame_store",
     "initialise_policy",
     "load_policy",
@@ -263,5 +341,6 @@ __all__ = [
     "num_frames_of",
     "prompt_examples",
     "read_prompts",
+    "read_rl_data",
     "share_feature_cache",
 ]

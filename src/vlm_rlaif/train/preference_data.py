@@ -9,6 +9,9 @@ Files are the public layout (JSON array of {id, conversations, video | images, o
 preference}) or ours (JSONL with extra fields such as the judge's context, which neither trainer
 reads). Pairs with identical outputs or text longer than data.max_text_tokens are dropped and counted;
 pairs are held out by video, so held-out metrics are measured on videos the model never trained on.
+Bad videos (data.on_bad_video, train.data.check_videos): read_pairs opens every video before the
+stage writes anything, prepare_pairs decodes them into the frame store (when it holds them all);
+"fail" stops at the first bad one, "skip" drops its pairs and lists them (PreparedPairs.skipped).
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.data.frames import FrameSampling, FrameStore, check_on_bad_video
 from vlm_rlaif.data.records import PreferenceRecord, to_messages
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import VideoExample, VideoLM
-from vlm_rlaif.train.data import batch_plan, check_video_exists, validated_records, video_identity
+from vlm_rlaif.train.data import (
+    batch_plan,
+    check_video_exists,
+    check_videos,
+    decodes_every_video,
+    validated_records,
+    video_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,17 @@ class PreferenceDataSettings:
     preload_frames: bool = False
     frame_cache_videos: int = 4096
     feature_cache_bytes: int = 1 << 30
+    # A pair's video that is missing or does not decode: "fail" stops the run (the error names the
+    # file, the record and the video); "skip" drops the pairs of that video, counted in the summary.
+    on_bad_video: str = "fail"
+
+    def check(self, stage: str) -> None:
+        check_on_bad_video(self.on_bad_video, f"{stage}: data")
+
+    @property
+    def videos(self) -> Path:
+        """The folder the records' video paths are relative to."""
+        return Path(self.video_root or self.root)
 
     def inputs(self) -> dict[str, str | Path | None]:
         """The preference files and the video root, by config key (see RunDir.open's inputs)."""
@@ -194,15 +215,21 @@ class PreparedPairs:
     dropped: dict[str, int]
     plan: list[list[int]]
     eval_plan: list[list[int]]
+    skipped: list[dict] = field(default_factory=list)  # pairs whose video did not decode (on_bad_video "skip")
 
 
-def read_pairs(data: PreferenceDataSettings, stage: str) -> list[SourcedPreference]:
-    """Every record of data.files (relative to data.root), checked; at least one."""
+def read_pairs(data: PreferenceDataSettings, stage: str) -> tuple[list[SourcedPreference], list[dict], int]:
+    """Every record of data.files (relative to data.root), checked, and its video opened: (the pairs
+    to use, the pairs skipped for a bad video under data.on_bad_video "skip", how many were read).
+    At least one pair must be left."""
     root = Path(data.root)
     records = [r for f in data.files for r in read_preference_file(root / f)]
     if not records:
         raise UserError(f"{stage}: no preference records in {', '.join(data.files)}")
-    return records
+    kept, skipped = check_videos(records, data.on_bad_video, root=data.videos)
+    if not kept:
+        raise UserError(f"{stage}: every preference record in {', '.join(data.files)} has a bad video ({len(skipped)} skipped)")
+    return kept, skipped, len(records)
 
 
 def frames_per_video(data: PreferenceDataSettings, lm: VideoLM, stage: str) -> int:
@@ -234,7 +261,14 @@ def prepare_pairs(
 ) -> PreparedPairs:
     """Check every record, drop useless pairs, hold out pairs by video and plan the batches
     (length-grouped with data.group_by_length). `evaluation` is text every row appends to its answer
-    (the reward model's evaluation turn), counted in the pair's length."""
+    (the reward model's evaluation turn), counted in the pair's length. When the store holds every
+    video, each is decoded now (data.on_bad_video decides about one that does not decode) and
+    training reuses the frames."""
+    skipped: list[dict] = []
+    if decodes_every_video(store, records):
+        records, skipped = check_videos(records, data.on_bad_video, store=store)
+        if not records:
+            raise UserError(f"{stage}: no pair has a video that decodes ({len(skipped)} skipped)")
     everything = PreferenceDataset(records, store)  # checks every record before anything trains
     lengths = everything.text_lengths(tokenizer, evaluation)
     keep, dropped = usable_pairs(records, lengths, data.max_text_tokens)
@@ -250,7 +284,7 @@ def prepare_pairs(
     train_lengths = train_set.text_lengths(tokenizer, evaluation) if data.group_by_length else None
     plan = batch_plan(range(len(train_set)), batch_size, epochs=epochs, seed=seed, lengths=train_lengths)
     eval_plan = batch_plan(range(len(heldout_set)), batch_size, seed=seed)
-    return PreparedPairs(train_set, heldout_set, dropped, plan, eval_plan)
+    return PreparedPairs(train_set, heldout_set, dropped, plan, eval_plan, skipped)
 
 
 __all__ = [

@@ -8,6 +8,9 @@ Top to bottom:
    output_1, output_2, preference}) or ours (JSONL with extra fields such as the judge's context,
    which the reward model never reads). Every record is checked first; errors name file and line.
    Pairs with identical outputs or text longer than data.max_text_tokens are dropped and counted.
+   A pair whose video is missing or does not decode (data.on_bad_video, also for data.eval_sets):
+   "fail" stops the run naming the file, the record and the video; "skip" drops the pair and counts
+   it in the summary (records_skipped, skipped_records).
 2. Hold out pairs for evaluation by video (the paper: 500 pairs), so held-out accuracy is measured on
    videos the reward model never trained on.
 3. Load the SFT model, add a LoRA adapter (the paper: r=64, alpha=16, attention and MLP projections)
@@ -42,7 +45,15 @@ from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.reward import MODEL_SUBDIR, FrameSettings, RewardModel
 from vlm_rlaif.rundir import RunDir
-from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, read_instruction_file, video_identity
+from vlm_rlaif.train.data import (
+    InstructionDataset,
+    PlannedBatches,
+    check_videos,
+    decodes_every_video,
+    read_instruction_file,
+    skipped_summary,
+    video_identity,
+)
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
 from vlm_rlaif.train.preference_data import (
     PreferenceDataSettings,
@@ -126,6 +137,7 @@ class RMConfig:
             raise ConfigError("rm: data.eval_pairs and data.max_text_tokens must be >= 0")
         if HELDOUT_SET in self.data.eval_sets:
             raise ConfigError(f"rm: data.eval_sets may not use the name {HELDOUT_SET!r} (the held-out split)")
+        self.data.check("rm")
 
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout, targets=self.lora.targets)
@@ -378,8 +390,11 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     accelerator = accelerator_for(settings)
     data = config.data
     root = Path(data.root)
-    records = read_pairs(data, "rm")
-    extra_sets = {name: read_preference_file(root / f) for name, f in data.eval_sets.items()}
+    records, skipped, pairs_read = read_pairs(data, "rm")
+    extra_sets = {}
+    for name, f in data.eval_sets.items():
+        extra_sets[name], more = check_videos(read_preference_file(root / f), data.on_bad_video, root=data.videos)
+        skipped += more
     if data.toy_root is not None and not (Path(data.toy_root) / "truth").is_dir():
         raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
@@ -411,6 +426,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         batch_size=settings.batch_size, epochs=config.epochs, seed=settings.seed, stage="rm",
     )
     train_set, heldout_set = pairs.train, pairs.heldout
+    skipped += pairs.skipped
     # Extra evaluation sets are checked now too, not after hours of training.
     heldout_videos = {video_identity(r.record) for r in heldout_set.records}
     eval_sets = {HELDOUT_SET: heldout_set}
@@ -418,6 +434,9 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         extra = [extra[i] for i in usable_pairs(extra, None, 0)[0]]
         if data.eval_sets_heldout_only:
             extra = [r for r in extra if video_identity(r.record) in heldout_videos]
+        if decodes_every_video(store, [*records, *extra]):  # decoded now, not after hours of training
+            extra, more = check_videos(extra, data.on_bad_video, store=store)
+            skipped += more
         eval_sets[name] = PreferenceDataset(extra, store)
     if data.preload_frames:
         train_set.preload()
@@ -441,8 +460,9 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
     summary: dict = {
         "model": str(out / MODEL_SUBDIR),
         "base_model": config.model.path,
-        "pairs_read": len(records),
+        "pairs_read": pairs_read,
         "pairs_dropped": pairs.dropped,
+        **skipped_summary(skipped),  # on_bad_video "skip", the eval sets' pairs included
         "train_pairs": len(train_set),
         "train_videos": train_set.distinct_videos(),
         "heldout_pairs": len(heldout_set),

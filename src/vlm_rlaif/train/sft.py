@@ -17,6 +17,11 @@ Top to bottom:
    deliberate deviation from the paper).
 4. Train with train/loop.py: the loss is the model's shifted cross-entropy on assistant tokens only
    (the adapter's labels); phases run in order, each shuffled within itself.
+Bad videos (data.on_bad_video): every video is opened before the run directory is made, and once
+the frame count is known decoded through the frame store (when it holds every video, so training
+reuses those frames). "fail" (the default) stops at the first bad one, naming the file, the record
+and the video; "skip" drops every record of a bad video and counts them in the summary
+(records_skipped, skipped_records).
 5. Save <out>/model, the merged model (LoRA folded into the base weights), which load_adapter_model
    reads; with LoRA also <out>/lora, the adapter alone (with the projector when it trained).
 """
@@ -25,13 +30,13 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from vlm_rlaif.data.frames import FrameSampling, FrameStore
+from vlm_rlaif.data.frames import FrameSampling, FrameStore, check_on_bad_video
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
@@ -44,7 +49,10 @@ from vlm_rlaif.train.data import (
     answer_words,
     batch_plan,
     check_training_records,
+    check_videos,
+    decodes_every_video,
     read_instruction_file,
+    skipped_summary,
     video_identity,
 )
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
@@ -117,6 +125,9 @@ class DataSettings:
     group_by_length: bool = True
     preload_frames: bool = False  # decode every video before training (small sets)
     frame_cache_videos: int = 4096  # decoded videos kept in memory
+    # A record's video that is missing or does not decode: "fail" stops the run (the error names the
+    # file, the record and the video); "skip" drops the records of that video, counted in the summary.
+    on_bad_video: str = "fail"
 
 
 @dataclass
@@ -168,6 +179,7 @@ class SFTConfig:
             raise ConfigError("curriculum.threshold_words, short_epochs and long_epochs must be >= 0")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        check_on_bad_video(self.data.on_bad_video, "sft: data")
 
     def inputs(self) -> dict[str, str | Path | None]:
         """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
@@ -233,11 +245,16 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
     A re-run on an unfinished output directory resumes from its last checkpoint."""
     settings = config.train
     accelerator = accelerator_for(settings)
+    on_bad_video = config.data.on_bad_video
+    video_root = Path(config.data.video_root or config.data.root)
     phases, length_split = read_curriculum(config)
+    # Every video opens (or its records are skipped) before anything is written.
+    kept, skipped = check_videos([r for p in phases for r in p.records], on_bad_video, root=video_root)
+    phases = keep_records(phases, kept)
     phases, eval_records = hold_out_videos(phases, config.data.eval_fraction, config.data.eval_max_examples, settings.seed)
     if not any(p.records for p in phases):
-        raise ConfigError("the curriculum holds no training records (after holding out the eval videos)")
-    video_root = Path(config.data.video_root or config.data.root)
+        skipping = f" and skipping {len(skipped)} records with bad videos" if skipped else ""
+        raise ConfigError(f"the curriculum holds no training records (after holding out the eval videos{skipping})")
     check_training_records([r for p in phases for r in p.records] + eval_records, video_root)
 
     out = Path(config.out)
@@ -253,12 +270,20 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
     num_frames = config.data.num_frames or getattr(lm.processor, "num_frames", 0)
     if not num_frames:
         raise ConfigError("data.num_frames is 0 and the model's processor names no frame count; set data.num_frames")
-    train_records = [r for p in phases for r in p.records]
     store = FrameStore(
         video_root,
         FrameSampling(num_frames=num_frames, clip_max_frames=config.data.clip_max_frames),
         max_videos=config.data.frame_cache_videos,
     )
+    everything = [r for p in phases for r in p.records] + eval_records
+    if decodes_every_video(store, everything):  # the frames stay in the store for training
+        kept, more = check_videos(everything, on_bad_video, store=store)
+        skipped += more
+        phases = keep_records(phases, kept)
+        eval_records = only(eval_records, kept)
+        if not any(p.records for p in phases):
+            raise ConfigError("the curriculum holds no training records whose video decodes")
+    train_records = [r for p in phases for r in p.records]
     train_set = InstructionDataset(train_records, store)
     eval_set = InstructionDataset(eval_records, store)
     if config.data.preload_frames:
@@ -295,6 +320,7 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
         "train_videos": train_set.distinct_videos(),
         "eval_examples": len(eval_set),
         "eval_videos": eval_set.distinct_videos(),
+        **skipped_summary(skipped),  # on_bad_video "skip"
         "steps": result.steps,
         "resumed_from_step": result.resumed_from_step,
         "train_loss": result.train_metrics.get("loss"),
@@ -310,6 +336,17 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
         summary = run.finish(summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def keep_records(phases: list[Phase], kept: list[SourcedRecord]) -> list[Phase]:
+    """The phases with only the records in `kept` (the others' videos are bad)."""
+    return [replace(p, records=only(p.records, kept)) for p in phases]
+
+
+def only(records: list[SourcedRecord], kept: list[SourcedRecord]) -> list[SourcedRecord]:
+    """`records` (in order) that are in `kept`, by identity."""
+    keep = {id(r) for r in kept}
+    return [r for r in records if id(r) in keep]
 
 
 def curriculum_plan(

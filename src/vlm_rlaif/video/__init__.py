@@ -4,7 +4,7 @@
     clips = split_clips(len(video.indices), 20)        # 17/17/16 frame positions for clip context
 """
 
-from vlm_rlaif.video.load import LoadFailure, LoadReport, load_video, load_videos
+from vlm_rlaif.video.load import LoadFailure, LoadReport, load_video, load_videos, probe_video
 from vlm_rlaif.video.sampling import sample_fps, sample_uniform, split_clips
 from vlm_rlaif.video.torchcodec_decode import torchcodec_available
 from vlm_rlaif.video.types import Video, VideoLoadError
@@ -17,6 +17,7 @@ __all__ = [
     "VideoLoadError",
     "load_video",
     "load_videos",
+    "probe_video",
     "sample_fps",
     "sample_uniform",
     "split_clips",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vlm_rlaif.video.images import frame_folder, read_images
-from vlm_rlaif.video.pyav_decode import check_container, read_with_pyav
+from vlm_rlaif.video.pyav_decode import check_container, probe_container, read_with_pyav
 from vlm_rlaif.video.sampling import sample_fps, sample_uniform
 from vlm_rlaif.video.torchcodec_decode import read_with_torchcodec, torchcodec_available
 from vlm_rlaif.video.types import IndexPicker, Video, VideoLoadError
@@ -95,6 +95,27 @@ def load_video(
         except VideoLoadError:
             pass  # PyAV decides, and words the error if the file really is bad
     return read_with_pyav(name, pick)
+
+
+def probe_video(source: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    """Check, without decoding a frame, that `source` would open: a video file exists and is an
+    allowed container (mp4/mov, mkv/webm, avi, gif) with a video stream; a frame folder holds frame
+    images; every image of a list exists. Raises VideoLoadError (message starts with the file).
+    A file that opens may still fail to decode (a truncated stream): load_video finds that."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise VideoLoadError("<empty image list>", "no frame images given")
+        for image in source:
+            if not Path(image).is_file():
+                raise VideoLoadError(str(image), "frame image does not exist")
+        return
+    path = Path(source)
+    if not path.exists():
+        raise VideoLoadError(str(path), "does not exist")
+    if path.is_dir():
+        frame_folder(path)
+        return
+    probe_container(str(path))
 
 
 def _picker(name: str, num_frames: int | None, fps: float | None, max_frames: int | None, on_short: OnShort) -> IndexPicker | None:

@@ -112,6 +112,14 @@ def check_container(path: str) -> None:
     _open(path).close()
 
 
+def probe_container(path: str) -> None:
+    """Raise VideoLoadError unless `path` opens as an allowed container holding a video stream
+    (reads the header only, decodes nothing): the cheap check before a run decodes the file."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoLoadError(path, "has no video stream")
+
+
 def _read(path: str, container: av.container.InputContainer, pick: IndexPicker | None, count_frames: bool = False) -> Video:
     if not container.streams.video:
         raise VideoLoadError(path, "has no video stream")
