@@ -26,10 +26,17 @@ def quick_run(tmp_path_factory):
 
 
 def test_quick_demo_runs_every_stage_and_reports(quick_run):
+    """The default demo starts from the shipped foundation: its SFT stage is that model (no vision
+    pretraining, no SFT run), and every later stage runs."""
     out, report = quick_run
     text = report.read_text()
     for stage in STAGES:
+        if stage == "vision":
+            assert not (out / "vision").exists()
+            continue
         assert (out / ("world/manifest.json" if stage == "toyworld" else f"{stage}/summary.json")).exists(), stage
+    sft = json.loads((out / "sft" / "summary.json").read_text())
+    assert sft["foundation"].endswith("toy_sft") and "| sft | shipped |" in text
     for heading in ("Does the clip context", "AI feedback", "Reward model", "PPO", "SFT vs RLAIF", "Sample answers"):
         assert heading in text
     assert "Quick run" in text
@@ -44,7 +51,7 @@ def test_rerun_reuses_finished_stages_and_says_so(quick_run):
     out, _ = quick_run
     statuses = {}
     report = run_demo(out, quick=True, seed=0, on_stage=lambda r: statuses.update({r.name: r.status}))
-    assert set(statuses.values()) == {"reused"}
+    assert set(statuses.values()) == {"reused"} and "sft" in statuses
     assert "continued earlier work" in report.read_text()
     assert len((out / "demo_history.jsonl").read_text().splitlines()) == 2
 
@@ -70,7 +77,7 @@ def test_stage_overrides_parse():
 def test_demo_resumes_after_a_kill(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "vlm_rlaif.cli", "demo", "--quick", "--out", str(out)]
+    cmd = [sys.executable, "-m", "vlm_rlaif.cli", "demo", "--quick", "--from-scratch", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (out / "sft" / "summary.json").exists() and time.time() < deadline and proc.poll() is None:
@@ -82,7 +89,7 @@ def test_demo_resumes_after_a_kill(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("[demo] ")]
     statuses = dict(line.split()[1:3] for line in lines if len(line.split()) >= 3 and line.split()[1] in STAGES)
-    assert statuses["toyworld"] == "reused" and statuses["sft"] == "reused"
+    assert statuses["toyworld"] == "reused" and statuses["vision"] == "reused" and statuses["sft"] == "reused"
     assert statuses["eval"] in ("ran", "resumed")
     assert "continued earlier work" in (out / "report.md").read_text()
 
@@ -123,12 +130,13 @@ def test_report_says_when_the_judge_is_not_better_than_chance(tmp_path, interval
 
 
 def test_same_numbers_in_fresh_processes_with_different_hash_seeds(tmp_path):
-    """Two `demo --quick` runs of one seed in fresh processes whose str hashes differ: every record,
-    metric, summary, checkpoint and plot is the same (timings aside), and so is the report."""
+    """Two `demo --quick --from-scratch` runs of one seed in fresh processes whose str hashes differ:
+    every record, metric, summary, checkpoint and plot is the same (timings aside), and so is the
+    report; vision pretraining and SFT included."""
     from fresh_process import differing_files, run_cli_with_hash_seeds
 
     out = tmp_path / "run"
-    a, b = run_cli_with_hash_seeds(["demo", "--quick", "--out", str(out)], out)
+    a, b = run_cli_with_hash_seeds(["demo", "--quick", "--from-scratch", "--out", str(out)], out)
     assert [name for name in differing_files(a, b) if name != "report.md"] == []
 
     def numbers(report):  # the report without its wall-clock lines (stage times, throughput)

@@ -14,11 +14,13 @@ from vlm_rlaif.toyworld import ToyWorldConfig
 from vlm_rlaif.train.ppo import PPOConfig, PPOSettings
 from vlm_rlaif.train.rm import RMConfig
 from vlm_rlaif.train.sft import SFTConfig
+from vlm_rlaif.train.vision_pretrain import VisionPretrainConfig
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 # judge_context has no section of its own: it reruns the feedback section's pairs.
 STAGE_CONFIGS = {
     "toyworld": ToyWorldConfig,
+    "vision": VisionPretrainConfig,
     "sft": SFTConfig,
     "feedback": FeedbackConfig,
     "rm": RMConfig,

@@ -217,3 +217,19 @@ def test_context_examples_answer_from_the_true_clip_descriptions(tmp_path):
         assert question.startswith("<video>\n" + head)
         assert "Clip 1: " in question and "Clip 3: " in question
         assert oracle.check(truth, record["toy"], answer).correct
+
+
+def test_context_examples_may_show_a_blank_video(tmp_path):
+    """context_blank_video_prob: that share of the context examples shows videos/blank.mp4 (the
+    background only), so only the context can answer them."""
+    from vlm_rlaif.toyworld.dataset import BLANK_VIDEO
+    from vlm_rlaif.toyworld.lexicon import BACKGROUND
+
+    out = tmp_path / "world"
+    generate(ToyWorldConfig(seed=7, context_per_video=4, context_blank_video_prob=0.5), out, 12, workers=1)
+    records = json.loads((out / "sft" / "SFT_context.json").read_text())
+    blank = [r for r in records if r["video"] == BLANK_VIDEO]
+    assert 0 < len(blank) < len(records)
+    frames = load_video(out / BLANK_VIDEO).frames
+    assert np.abs(frames.astype(int) - np.array(BACKGROUND)).max() <= 3  # h264 of a flat frame
+    assert all(r["toy"]["video_id"] in r["id"] for r in blank)  # the oracle still knows the real video

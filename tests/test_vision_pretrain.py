@@ -30,6 +30,7 @@ def test_a_caption_names_each_visible_object_left_to_right():
                     f"{place_of(truth.states[t][o.id].x, truth.states[t][o.id].y, truth.size)}" for _, o in seen]
         assert frame_caption(truth, t) == (" , ".join(expected) or "nothing")
     assert place_of(1.0, 1.0, 32) == "top left" and place_of(31.0, 16.0, 32) == "middle right"
+    assert place_of(1.0, 1.0, 32, grid=6) == "x0 y0" and place_of(31.0, 16.0, 32, grid=6) == "x5 y3"
 
 
 def test_pairs_come_from_videos_the_world_never_generates():

@@ -33,7 +33,7 @@ from vlm_rlaif.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("toyworld", "sft", "feedback", "judge_context", "rm", "ppo", "eval")
+STAGES = ("toyworld", "vision", "sft", "feedback", "judge_context", "rm", "ppo", "eval")
 
 
 @dataclass
@@ -245,6 +245,12 @@ def _sft():
     return SFTConfig, run_sft
 
 
+def _vision():
+    from vlm_rlaif.train.vision_pretrain import VisionPretrainConfig, run_vision_pretrain
+
+    return VisionPretrainConfig, run_vision_pretrain
+
+
 def _feedback():
     from vlm_rlaif.feedback import run_feedback
     from vlm_rlaif.feedback.config import FeedbackConfig
@@ -290,7 +296,7 @@ def _judge_context_dir(feedback) -> Path:
     return Path(feedback.out).parent / "judge_context"
 
 
-_LOADERS = {"sft": _sft, "feedback": _feedback, "rm": _rm, "ppo": _ppo, "eval": _eval}
+_LOADERS = {"vision": _vision, "sft": _sft, "feedback": _feedback, "rm": _rm, "ppo": _ppo, "eval": _eval}
 _RUNNERS = {
     "toyworld": _toyworld,
     **{name: _stage(name, load) for name, load in _LOADERS.items()},

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the toy world, the models and every stage")
     parser.add_argument("--quick", action="store_true", help="a smoke run of every stage (a few minutes; numbers meaningless)")
     parser.add_argument("--recipe", default=None, help="another toy-world recipe (default: the shipped recipes/toy.yaml)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="also build the foundation (vision pretraining and SFT) instead of starting from the shipped one")
+    parser.add_argument("--stages", nargs="+", help="run only these stages (e.g. toyworld vision sft: make a foundation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     def show(result) -> None:
         print(f"[demo] {result.name:<14} {result.status:<8} {result.seconds:>7.1f} s   {result.directory}", flush=True)
 
-    report = run_demo(out, quick=args.quick, seed=args.seed, recipe=args.recipe, on_stage=show)
+    report = run_demo(out, quick=args.quick, seed=args.seed, recipe=args.recipe, on_stage=show,
+                      from_scratch=args.from_scratch, stages=args.stages)
     print(f"[demo] report: {report}")
     print(report.read_text())
     return 0

@@ -3,6 +3,7 @@
   model init     build a tiny/small model (llava-video, llava-next-video or qwen2.5-vl) with a tokenizer
                  trained on local texts
   model convert  an original LLaVA checkpoint (or a LoRA adapter trained on one) -> our llava-video format
+  model ship-toy the SFT model of a from-scratch demo run -> the package's shipped toy foundation (fp16)
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     convert.set_defaults(_model_action=run_convert)
 
+    ship = actions.add_parser(
+        "ship-toy",
+        help="ship a from-scratch demo run's SFT model as the package's toy foundation (fp16; see demo/foundation.py)",
+    )
+    ship.add_argument("--from", dest="run_dir", required=True, help="a `vlm-rlaif demo --from-scratch` run directory")
+    ship.add_argument("--dest", help="where to write (default: the package's vlm_rlaif/foundation/toy_sft)")
+    ship.set_defaults(_model_action=run_ship_toy)
+
 
 def run(args: argparse.Namespace) -> int:
     return args._model_action(args)
@@ -151,6 +160,14 @@ def _init_llava_video(args: argparse.Namespace, texts: list[str], frames: int):
         video_pooling=args.pooling or "spatiotemporal",
         seed=args.seed,
     )
+
+
+def run_ship_toy(args: argparse.Namespace) -> int:
+    from vlm_rlaif.demo.foundation import SHIPPED, ship_foundation
+
+    info = ship_foundation(args.run_dir, args.dest or SHIPPED)
+    print(f"shipped {args.run_dir}/sft/model ({info['sft_summary'].get('steps')} SFT steps) to {args.dest or SHIPPED}")
+    return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -73,7 +73,7 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
     lines = []
     if quick:
         lines += ["> **Quick run** (a smoke test of every stage at toy size): its numbers carry no meaning.", ""]
-    env = _load(run_dir / "sft" / "env.json") or {}
+    env = next((e for e in (_load(run_dir / stage / "env.json") for stage in ("sft", "feedback", "eval")) if e), {})
     lines += [
         f"Run directory `{run_dir}`, seed {seed if seed is not None else 'n/a'}"
         + (f", {seconds / 60:.1f} minutes this invocation" if seconds is not None else "")
@@ -81,6 +81,21 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
         f" vlm-rlaif {env.get('vlm_rlaif', '?')} (commit {str(env.get('git_commit') or '?')[:10]}).",
         "",
     ]
+    sft = _load(run_dir / "sft" / "summary.json") or {}
+    if sft.get("foundation"):
+        lines += [
+            f"The SFT model is the shipped toy foundation (`{sft.get('made_by')}`, {sft.get('steps')} SFT steps "
+            "after vision pretraining), as a real run starts from a released SFT checkpoint; "
+            "`vlm-rlaif demo --from-scratch` builds it too.",
+            "",
+        ]
+    vision = _load(run_dir / "vision" / "summary.json")
+    if vision:
+        lines += [
+            f"Vision pretraining: held-out frame/caption retrieval {_fmt(vision.get('heldout_accuracy'))} "
+            f"(random tower {_fmt(vision.get('heldout_accuracy_before'))}, {vision.get('pairs')} pairs).",
+            "",
+        ]
     continued = [r.name for r in results or [] if r.status in ("resumed", "reused")]
     if continued:
         lines += [

@@ -59,6 +59,9 @@ class ToyWorldConfig:
     judge_per_video: int = 3  # SFT judge-skill examples
     judge_long_fraction: float = 0.3  # judge examples built on long-answer questions
     context_per_video: int = 2  # SFT answers read off the true clip descriptions (the likelihood judge's skill)
+    # Share of those shown with a blank video (videos/blank.mp4): the context is then the only source,
+    # so the model must learn to read it (with the real video it can answer from the frames alone).
+    context_blank_video_prob: float = 0.0
     feedback_per_video: int = 4  # feedback prompts (questions without answers)
     rl_per_video: int = 4  # RL prompts
     rl_long_fraction: float = 0.5  # share of long-answer RL / feedback prompts
@@ -88,7 +91,7 @@ class ToyWorldConfig:
         need(0 < self.min_speed <= self.max_speed <= 0.1, "need 0 < min_speed <= max_speed <= 0.1")
         for name in ("moving_prob", "appear_prob", "disappear_prob", "colour_change_prob", "stop_prob",
                      "start_prob", "brief_object_prob", "brief_colour_prob", "shared_attribute_prob",
-                     "judge_long_fraction", "rl_long_fraction"):
+                     "judge_long_fraction", "rl_long_fraction", "context_blank_video_prob"):
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be a probability, got {value}")
         need(1 <= self.brief_min_frames <= self.brief_max_frames < self.min_visible_frames,

@@ -42,6 +42,7 @@ from vlm_rlaif.data.records import VIDEO_PLACEHOLDER
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.prompts import format_context, load_prompt
 from vlm_rlaif.toyworld.config import ToyWorldConfig
+from vlm_rlaif.toyworld.lexicon import BACKGROUND
 from vlm_rlaif.toyworld.describe import Speaker, span_facts, with_sizes
 from vlm_rlaif.toyworld.questions import LONG_QTYPES, SHORT_QTYPES, TEMPORAL_QTYPES, QA, Asker
 from vlm_rlaif.toyworld.render import render
@@ -57,6 +58,7 @@ FILES = (
     "eval/vcg_generic.json", "eval/vcg_temporal.json", "eval/vcg_consistency.json", "eval/qa.json",
     "eval/mcq.json",
 )
+BLANK_VIDEO = "videos/blank.mp4"  # the background only: context examples that must be read
 _OWN_DIRS = ("videos", "truth", "sft", "feedback", "rl", "eval")
 _OWN_FILES = ("manifest.json", "toyworld_config.yaml")
 # The describe_clip prompt is what the feedback stage asks; a few paraphrases keep it from being a
@@ -225,8 +227,9 @@ def context_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.ra
     out = []
     for k, qa in enumerate(qas):
         context = format_context(clip_descriptions(truth, rng, cfg.order_gap))
+        blank = cfg.context_blank_video_prob > 0 and rng.random() < cfg.context_blank_video_prob
         out.append({
-            "id": f"{truth.video_id}_context_{k}", "video": video_path(truth.video_id),
+            "id": f"{truth.video_id}_context_{k}", "video": BLANK_VIDEO if blank else video_path(truth.video_id),
             "conversations": [_human(prompt.render(context=context, question=qa.questions[0])), _gpt(qa.answer)],
             "toy": _toy(truth, qa),
         })
@@ -303,6 +306,10 @@ def generate(cfg: ToyWorldConfig, out_dir: str | Path, n_videos: int, *, workers
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     (out_dir / "truth").mkdir(parents=True, exist_ok=True)
     _remove_beyond(out_dir, n_videos)
+    if cfg.context_blank_video_prob > 0 and not (out_dir / BLANK_VIDEO).exists():
+        blank = np.empty((cfg.frames, cfg.size, cfg.size, 3), dtype=np.uint8)
+        blank[:] = BACKGROUND
+        write_video(blank, out_dir / BLANK_VIDEO, fps=cfg.fps, crf=cfg.crf)
 
     cfg_dict = to_dict(cfg)
     jobs = [(cfg_dict, str(out_dir), i) for i in range(n_videos)]

@@ -42,13 +42,14 @@ class VisionPretrainConfig:
     world: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     videos: int = 2000  # pretraining videos (indices the world's generator never uses)
     frames_per_video: int = 8
+    place_grid: int = 3  # captions name each object's cell of a place_grid x place_grid split
     tower: TowerShape = field(default_factory=TowerShape)
     train: ContrastiveSettings = field(default_factory=ContrastiveSettings)
     seed: int = 0
 
     def __post_init__(self):
-        if self.videos < 1 or self.frames_per_video < 1:
-            raise ConfigError("vision: videos and frames_per_video must be >= 1")
+        if self.videos < 1 or self.frames_per_video < 1 or self.place_grid < 1:
+            raise ConfigError("vision: videos, frames_per_video and place_grid must be >= 1")
 
     def inputs(self) -> dict:
         return {}
@@ -73,7 +74,7 @@ def run_vision_pretrain(config: VisionPretrainConfig, overwrite: bool = False) -
     run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite, inputs=config.inputs())
     if run.resumed:  # minutes of work: a killed run starts over
         drop_rows_after(out / "metrics.jsonl", "step", -1)
-    frames, captions = frame_caption_pairs(config.world, config.videos, config.frames_per_video)
+    frames, captions = frame_caption_pairs(config.world, config.videos, config.frames_per_video, grid=config.place_grid)
     pixels = preprocess_frames(frames, config.tower.image_size)
     tower = build_tower(config.tower, config.seed)
     result = pretrain_tower(
