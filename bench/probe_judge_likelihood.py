@@ -1,0 +1,104 @@
+"""The likelihood judge's score, varied, on a measure_toy_sft.py work dir's own sampled pairs.
+
+    python bench/probe_judge_likelihood.py --work runs/measure_sft
+
+Reads WORK/own_pairs (measure_toy_sft's (d): the feedback prompts' sampled answer pairs, the
+model's own clip descriptions) and scores each answer by its log-probability after the question
+(no context), after answer_with_context with the model's own descriptions, and with the true ones.
+Agreement with the oracle (its ties left out) for the mean per token (judge.form likelihood), the
+sum (favours short answers), and the context's pointwise mutual information (with minus without
+context), overall and for short / long questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "toy.yaml")
+    args = parser.parse_args()
+
+    import torch
+
+    import measure_toy_sft as measure
+    from vlm_rlaif.config import load_config
+    from vlm_rlaif.data.frames import FrameSampling, FrameStore
+    from vlm_rlaif.models import IGNORE_INDEX, VideoExample, load_adapter_model
+    from vlm_rlaif.prompts import format_context, load_prompt
+    from vlm_rlaif.toyworld import ToyWorldConfig
+    from vlm_rlaif.toyworld.world import Truth
+
+    torch.set_num_threads(1)
+    world = args.work / "world"
+    cfg = load_config(ToyWorldConfig, args.recipe, [], section="toyworld", variables={"seed": 0, "run_dir": "x"})
+    describe_truth = measure.true_descriptions(cfg)
+    lm = load_adapter_model(args.work / "sft" / "model")
+    store = FrameStore(world, FrameSampling(lm.processor.num_frames, cfg.clip_max_frames))
+    prompts = {r["id"]: r for r in json.loads((world / "feedback" / "prompts.json").read_text())}
+    own = {}
+    for line in (args.work / "own_pairs" / "contexts.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        own[row["video_key"]] = row["descriptions"]
+    rows = [json.loads(line) for line in (args.work / "own_pairs" / "measure_context.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["oracle"] != 0]
+    ask = load_prompt("answer_with_context")
+
+    examples = []
+    for r in rows:
+        prompt = prompts[r["prompt_id"]]
+        question = prompt["conversations"][0]["value"].replace("<video>\n", "")
+        frames, key = store.video(prompt["video"])
+        truth = Truth.from_dict(json.loads((world / "truth" / f"{prompt['toy']['video_id']}.json").read_text()))
+        for context in (None, format_context(own[key]), format_context(describe_truth(truth))):
+            asked = question if context is None else ask.render(context=context, question=question)
+            for answer in (r["output_1"], r["output_2"]):
+                examples.append(VideoExample([{"role": "user", "content": asked}, {"role": "assistant", "content": answer}],
+                                             frames, key))
+    sums, counts = [], []
+    with torch.no_grad():
+        for start in range(0, len(examples), 16):
+            batch = lm.collate(examples[start : start + 16], with_labels=True, visual="features")
+            labels = batch["labels"][:, 1:]
+            logits = lm.forward({k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+            mask = labels != IGNORE_INDEX
+            logprobs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+            sums += logprobs.sum(1).tolist()
+            counts += mask.sum(1).tolist()
+    conditions = ("no_context", "own_context", "true_context")
+    scored = []
+    for i, r in enumerate(rows):
+        kind = "long" if prompts[r["prompt_id"]]["toy"]["qtype"].startswith("describe") else "short"
+        s = {c: (sums[6 * i + 2 * k], counts[6 * i + 2 * k], sums[6 * i + 2 * k + 1], counts[6 * i + 2 * k + 1])
+             for k, c in enumerate(conditions)}
+        scored.append((r["oracle"], kind, s))
+    rules = {
+        "mean": lambda s, c: s[c][0] / s[c][1] - s[c][2] / s[c][3],
+        "sum": lambda s, c: s[c][0] - s[c][2],
+        "pmi_sum": lambda s, c: (s[c][0] - s["no_context"][0]) - (s[c][2] - s["no_context"][2]),
+    }
+    result = {"work": str(args.work), "pairs": len(scored)}
+    for rule, score in rules.items():
+        for c in conditions if rule != "pmi_sum" else conditions[1:]:
+            for kind in ("all", "short", "long"):
+                picked = [(o, score(s, c)) for o, k, s in scored if kind in ("all", k)]
+                decided = [(1 if v > 0 else 2) == o for o, v in picked if v != 0]
+                rate = sum(decided) / len(decided) if decided else None
+                result[f"{rule}/{c}/{kind}"] = [None if rate is None else round(rate, 3), len(decided)]
+            print(rule, c, {k: result[f"{rule}/{c}/{k}"] for k in ("all", "short", "long")})
+    out = REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "probe_judge_likelihood.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
