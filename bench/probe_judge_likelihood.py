@@ -32,7 +32,8 @@ def main() -> None:
     import measure_toy_sft as measure
     from vlm_rlaif.config import load_config
     from vlm_rlaif.data.frames import FrameSampling, FrameStore
-    from vlm_rlaif.models import IGNORE_INDEX, VideoExample, load_adapter_model
+    from vlm_rlaif.feedback.judges import answer_logprobs
+    from vlm_rlaif.models import VideoExample, load_adapter_model
     from vlm_rlaif.prompts import format_context, load_prompt
     from vlm_rlaif.toyworld import ToyWorldConfig
     from vlm_rlaif.toyworld.world import Truth
@@ -63,16 +64,8 @@ def main() -> None:
             for answer in (r["output_1"], r["output_2"]):
                 examples.append(VideoExample([{"role": "user", "content": asked}, {"role": "assistant", "content": answer}],
                                              frames, key))
-    sums, counts = [], []
-    with torch.no_grad():
-        for start in range(0, len(examples), 16):
-            batch = lm.collate(examples[start : start + 16], with_labels=True, visual="features")
-            labels = batch["labels"][:, 1:]
-            logits = lm.forward({k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
-            mask = labels != IGNORE_INDEX
-            logprobs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-            sums += logprobs.sum(1).tolist()
-            counts += mask.sum(1).tolist()
+    scores = answer_logprobs(lm, examples, 16)
+    sums, counts = [total for total, _ in scores], [count for _, count in scores]
     conditions = ("no_context", "own_context", "true_context")
     scored = []
     for i, r in enumerate(rows):

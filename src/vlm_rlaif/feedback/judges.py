@@ -164,10 +164,15 @@ class LocalJudge:
         return verdicts
 
 
-@torch.no_grad()
 def mean_answer_logprobs(lm: VideoLM, examples: Sequence[VideoExample], batch_size: int) -> list[float]:
     """Mean log-probability per token of each example's assistant answer (its tokens and EOS, as the
     chat template writes them), given the conversation before it and the video."""
+    return [total / max(count, 1) for total, count in answer_logprobs(lm, examples, batch_size)]
+
+
+@torch.no_grad()
+def answer_logprobs(lm: VideoLM, examples: Sequence[VideoExample], batch_size: int) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, number of tokens) of each example's assistant answer."""
     out = []
     with lm.eval_mode():
         for start in range(0, len(examples), batch_size):
@@ -176,7 +181,7 @@ def mean_answer_logprobs(lm: VideoLM, examples: Sequence[VideoExample], batch_si
             logits = lm.forward({k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
             mask = labels != IGNORE_INDEX
             token_logprobs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            out.extend(((token_logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist())
+            out.extend(zip((token_logprobs * mask).sum(1).tolist(), mask.sum(1).tolist()))
     return out
 
 
