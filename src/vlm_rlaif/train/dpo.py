@@ -35,7 +35,7 @@ from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
-from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.rundir import RunDir, check_inputs
 from vlm_rlaif.train.data import PlannedBatches, skipped_summary
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
 from vlm_rlaif.train.preference_data import (
@@ -181,6 +181,7 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
 
     settings = config.train
     accelerator = accelerator_for(settings)
+    check_inputs(STAGE, config.inputs())  # a missing model or file first, before any video is opened
     data = config.data
     records, skipped, pairs_read = read_pairs(data, "dpo")
 

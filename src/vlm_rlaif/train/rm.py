@@ -44,7 +44,7 @@ from vlm_rlaif.models.adapter import VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.reward import MODEL_SUBDIR, FrameSettings, RewardModel
-from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.rundir import RunDir, check_inputs
 from vlm_rlaif.train.data import (
     InstructionDataset,
     PlannedBatches,
@@ -388,6 +388,7 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
 
     settings = config.train
     accelerator = accelerator_for(settings)
+    check_inputs(STAGE, config.inputs())  # a missing model or file first, before any video is opened
     data = config.data
     root = Path(data.root)
     records, skipped, pairs_read = read_pairs(data, "rm")

@@ -41,7 +41,7 @@ from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
-from vlm_rlaif.rundir import RunDir
+from vlm_rlaif.rundir import RunDir, check_inputs
 from vlm_rlaif.train.data import (
     InstructionDataset,
     PlannedBatches,
@@ -245,6 +245,7 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
     A re-run on an unfinished output directory resumes from its last checkpoint."""
     settings = config.train
     accelerator = accelerator_for(settings)
+    check_inputs(STAGE, config.inputs())  # a missing model or file first, before any video is opened
     on_bad_video = config.data.on_bad_video
     video_root = Path(config.data.video_root or config.data.root)
     phases, length_split = read_curriculum(config)
