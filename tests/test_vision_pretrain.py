@@ -88,3 +88,15 @@ def test_stage_writes_a_tower_that_sft_loads(tmp_path):
         load_vision_tower(small, summary["tower"])
     with pytest.raises(UserError, match="not a saved vision tower"):
         load_vision_tower(lm, tmp_path)
+
+
+def test_cli_reads_the_recipe_section(tmp_path, capsys):
+    from vlm_rlaif.cli import main
+    from vlm_rlaif.demo import toy_recipe_path
+
+    out = tmp_path / "vision"
+    code = main(["vision", "--config", str(toy_recipe_path()), "--out", str(out), "--var", f"run_dir={tmp_path}",
+                 "videos=10", "frames_per_video=2", "train.steps=2", "train.batch_size=8"])
+    assert code == 0 and (out / "tower" / "config.json").is_file()
+    assert "held-out caption retrieval" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["pairs"] == 20

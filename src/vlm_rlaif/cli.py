@@ -19,6 +19,7 @@ from vlm_rlaif import __version__
 COMMAND_MODULES = [
     "toyworld",
     "model",
+    "vision",
     "sft",
     "feedback",
     "rm",
