@@ -233,3 +233,19 @@ def test_context_examples_may_show_a_blank_video(tmp_path):
     frames = load_video(out / BLANK_VIDEO).frames
     assert np.abs(frames.astype(int) - np.array(BACKGROUND)).max() <= 3  # h264 of a flat frame
     assert all(r["toy"]["video_id"] in r["id"] for r in blank)  # the oracle still knows the real video
+
+
+def test_context_examples_can_be_limited_to_question_types():
+    from vlm_rlaif.toyworld import make_records, sample_truth
+    from vlm_rlaif.toyworld.questions import LONG_QTYPES
+
+    cfg = ToyWorldConfig(seed=7, context_per_video=6, context_qtypes=["when", "direction"])
+    qtypes = set()
+    for index in [i for i in range(60) if split_of(i, cfg) == "sft"][:10]:
+        truth = sample_truth(cfg, index)
+        truth.split = "sft"
+        qtypes |= {r["toy"]["qtype"] for r in make_records(truth, cfg)["sft/SFT_context.json"]}
+    assert qtypes - set(LONG_QTYPES) <= {"when", "direction"} and qtypes & {"when", "direction"}
+    truth.split = "sft"
+    with pytest.raises(ConfigError, match="context_qtypes: unknown"):
+        make_records(truth, ToyWorldConfig(seed=7, context_qtypes=["colour", "nope"]))

@@ -62,6 +62,8 @@ class ToyWorldConfig:
     # Share of those shown with a blank video (videos/blank.mp4): the context is then the only source,
     # so the model must learn to read it (with the real video it can answer from the frames alone).
     context_blank_video_prob: float = 0.0
+    # Short question types of those examples (empty: all): e.g. the ones the pooled video answers badly.
+    context_qtypes: list[str] = field(default_factory=list)
     feedback_per_video: int = 4  # feedback prompts (questions without answers)
     rl_per_video: int = 4  # RL prompts
     rl_long_fraction: float = 0.5  # share of long-answer RL / feedback prompts

@@ -222,7 +222,11 @@ def context_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.ra
     skill the likelihood judge uses, reading a fact off the context; short and long questions in
     the proportion of the feedback prompts."""
     n_long = int(rng.binomial(cfg.context_per_video, cfg.rl_long_fraction))
-    qas = _pick_qas(asker, LONG_QTYPES, n_long, rng) + _pick_qas(asker, SHORT_QTYPES, cfg.context_per_video - n_long, rng)
+    unknown = sorted(set(cfg.context_qtypes) - set(SHORT_QTYPES))
+    if unknown:
+        raise ConfigError(f"toyworld.context_qtypes: unknown {unknown}; known: {', '.join(SHORT_QTYPES)}")
+    short = {k: v for k, v in SHORT_QTYPES.items() if not cfg.context_qtypes or k in cfg.context_qtypes}
+    qas = _pick_qas(asker, LONG_QTYPES, n_long, rng) + _pick_qas(asker, short, cfg.context_per_video - n_long, rng)
     prompt = load_prompt("answer_with_context")
     out = []
     for k, qa in enumerate(qas):
