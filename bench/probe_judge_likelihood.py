@@ -32,9 +32,9 @@ def main() -> None:
     import measure_toy_sft as measure
     from vlm_rlaif.config import load_config
     from vlm_rlaif.data.frames import FrameSampling, FrameStore
-    from vlm_rlaif.feedback.judges import answer_logprobs
-    from vlm_rlaif.models import VideoExample, load_adapter_model
-    from vlm_rlaif.prompts import format_context, load_prompt
+    from vlm_rlaif.feedback.judges import JudgeItem, answer_logprobs, likelihood_examples
+    from vlm_rlaif.models import load_adapter_model
+    from vlm_rlaif.prompts import format_context
     from vlm_rlaif.toyworld import ToyWorldConfig
     from vlm_rlaif.toyworld.world import Truth
 
@@ -51,19 +51,15 @@ def main() -> None:
         own[row["video_key"]] = row["descriptions"]
     rows = [json.loads(line) for line in (args.work / "own_pairs" / "measure_context.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["oracle"] != 0]
-    ask = load_prompt("answer_with_context")
-
-    examples = []
+    items = []
     for r in rows:
         prompt = prompts[r["prompt_id"]]
         question = prompt["conversations"][0]["value"].replace("<video>\n", "")
         frames, key = store.video(prompt["video"])
         truth = Truth.from_dict(json.loads((world / "truth" / f"{prompt['toy']['video_id']}.json").read_text()))
         for context in (None, format_context(own[key]), format_context(describe_truth(truth))):
-            asked = question if context is None else ask.render(context=context, question=question)
-            for answer in (r["output_1"], r["output_2"]):
-                examples.append(VideoExample([{"role": "user", "content": asked}, {"role": "assistant", "content": answer}],
-                                             frames, key))
+            items.append(JudgeItem(question, r["output_1"], r["output_2"], context, frames, key))
+    examples = likelihood_examples(items)
     scores = answer_logprobs(lm, examples, 16)
     sums, counts = [total for total, _ in scores], [count for _, count in scores]
     conditions = ("no_context", "own_context", "true_context")

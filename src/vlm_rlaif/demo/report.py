@@ -55,14 +55,17 @@ def write_report(
 ) -> Path:
     """Write run_dir/report.md (+ PNG plots beside it) and return its path."""
     run_dir = Path(run_dir)
+    evals = _load(run_dir / "eval" / "summary.json")
+    # The paired comparison (bootstrap intervals) is computed once, for the verdicts and section 5.
+    comparison = compare_models(run_dir, list(evals["results"])) if evals else []
     lines: list[str] = ["# vlm-rlaif demo report", ""]
     lines += _header(run_dir, results, quick=quick, seed=seed, seconds=seconds)
-    lines += verdict_lines(run_dir)
+    lines += verdict_lines(run_dir, comparison)
     lines += _judge_section(run_dir)
     lines += _feedback_section(run_dir)
     lines += _rm_section(run_dir)
     lines += _ppo_section(run_dir)
-    lines += _eval_section(run_dir)
+    lines += _eval_section(run_dir, evals, comparison)
     lines += _samples_section(run_dir)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -129,17 +132,18 @@ def _interval_word(low: float | None, high: float | None, null: float) -> str:
     return "above" if low > null else "below" if high < null else "within"
 
 
-def verdict_lines(run_dir: Path) -> list[str]:
+def verdict_lines(run_dir: Path, comparison: list[dict] = ()) -> list[str]:
     """One line per question of the demo, each read off an interval: is the judge better than
-    chance, did the context help it, did the reward model learn the preferences, did RLAIF beat SFT."""
+    chance, did the context help it, did the reward model learn the preferences, did RLAIF beat SFT
+    (`comparison`: compare_models' rows for the run's models)."""
     lines = []
     judge = _load(run_dir / "judge_context" / "summary.json")
     if judge:
         m = judge["context"]["mean_of_orders"]
         low, high = m.get("ci95") or (None, None)
-        side = _interval_word(low, high, 0.5)
-        lines.append(f"- The self-judge with its clip context {'beats' if side == 'above' else 'is not measurably better than' if side == 'within' else 'is worse than'} "
-                     f"chance: agreement with the oracle {_rate(m)}.")
+        verb = {"above": "beats", "within": "is not measurably better than", "below": "is worse than"}
+        lines.append(f"- The self-judge with its clip context {verb[_interval_word(low, high, 0.5)]} chance: "
+                     f"agreement with the oracle {_rate(m)}.")
         d = judge["difference_context_minus_no_context"]
         low, high = d.get("ci95") or (None, None)
         side = _interval_word(low, high, 0.0)
@@ -156,7 +160,7 @@ def verdict_lines(run_dir: Path) -> list[str]:
                      f"it agrees with the oracle on {_rate(oracle)} of held-out pairs.")
     evals = _load(run_dir / "eval" / "summary.json")
     if evals and "rlaif" in evals.get("results", {}):
-        table = {row["measure"]: row for row in compare_models(run_dir, list(evals["results"]))}
+        table = {row["measure"]: row for row in comparison}
         for label, unit, name in VERDICT_MEASURES:
             e = (table.get(label) or {}).get("vs_baseline", {}).get("rlaif")
             if not e or e["value"] is None:
@@ -334,12 +338,10 @@ def compare_models(run_dir: Path, models: list[str], baseline: str = "sft") -> l
     return table
 
 
-def _eval_section(run_dir: Path) -> list[str]:
-    s = _load(run_dir / "eval" / "summary.json")
+def _eval_section(run_dir: Path, s: dict | None, table: list[dict]) -> list[str]:
     if not s:
         return []
     models = list(s["results"])
-    table = compare_models(run_dir, models)
     (run_dir / "comparison.json").write_text(json.dumps(table, indent=2))
     others = [m for m in models if m != "sft"]
     lines = [

@@ -145,23 +145,28 @@ class LocalJudge:
             verdicts.append(Verdict(prob_a, invalid, rationale, mass))
         return verdicts
 
-
     def judge_by_likelihood(self, items: Sequence[JudgeItem]) -> list[Verdict]:
-        examples = []
-        for item in items:
-            for answer in (item.answer_a, item.answer_b):
-                question = item.question if item.context is None else \
-                    load_prompt("answer_with_context").render(context=item.context, question=item.question)
-                examples.append(VideoExample(
-                    [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-                    item.frames, item.video_key,
-                ))
-        scores = mean_answer_logprobs(self.lm, examples, self.settings.batch_size)
+        scores = mean_answer_logprobs(self.lm, likelihood_examples(items), self.settings.batch_size)
         verdicts = []
         for score_a, score_b in zip(scores[0::2], scores[1::2]):
             difference = self.settings.likelihood_scale * (score_a - score_b)
             verdicts.append(Verdict(two_way_probability(difference, 0.0)))
         return verdicts
+
+
+def likelihood_examples(items: Sequence[JudgeItem]) -> list[VideoExample]:
+    """What the likelihood judge scores: per item, answer A then answer B as the assistant turn after
+    the question (answer_with_context with the item's context; the bare question without)."""
+    examples = []
+    for item in items:
+        question = item.question if item.context is None else \
+            load_prompt("answer_with_context").render(context=item.context, question=item.question)
+        for answer in (item.answer_a, item.answer_b):
+            examples.append(VideoExample(
+                [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                item.frames, item.video_key,
+            ))
+    return examples
 
 
 def mean_answer_logprobs(lm: VideoLM, examples: Sequence[VideoExample], batch_size: int) -> list[float]:
@@ -289,7 +294,10 @@ __all__ = [
     "OpenAIJudge",
     "OracleJudge",
     "Verdict",
+    "answer_logprobs",
     "below_min_mass",
+    "likelihood_examples",
+    "mean_answer_logprobs",
     "judge_template",
     "model_dir_version",
     "render_judge_prompt",

@@ -161,8 +161,7 @@ def make_records(truth: Truth, cfg: ToyWorldConfig) -> dict[str, list[dict]]:
             if record is not None:
                 out["sft/SFT_judge.json"].append(record)
         # Last, so that the records above draw the same random numbers with or without these.
-        for k, record in enumerate(context_examples(truth, cfg, asker, rng)):
-            out["sft/SFT_context.json"].append(record)
+        out["sft/SFT_context.json"].extend(context_examples(truth, cfg, asker, rng))
     elif truth.split in ("feedback", "rl"):
         n = cfg.feedback_per_video if truth.split == "feedback" else cfg.rl_per_video
         n_long = int(rng.binomial(n, cfg.rl_long_fraction))
