@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -151,3 +152,33 @@ def test_var_arguments_reach_the_recipe(tmp_path):
     assert cfg.output_dir == Path("/tmp/exp/sft") and cfg.epochs == 2
     with pytest.raises(ConfigError, match="NAME=VALUE"):
         config_variables(parser.parse_args(["--var", "no-equals"]))
+
+
+def test_a_mistyped_override_is_reported_as_the_command_lines_not_the_files(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run_dir: runs/toy\nsft:\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Stage, recipe, ["optim.lrr=1"], section="sft")
+    assert str(err.value).startswith("command line, override 'optim.lrr=1': unknown key 'optim.lrr'; did you mean 'optim.lr'?")
+    with pytest.raises(ConfigError, match=r"^command line, override 'epochs=two': key 'epochs' expects int"):
+        load_config(Stage, recipe, ["epochs=two"], section="sft")
+    # the file's own mistakes are still the file's
+    recipe.write_text("sft:\n  epoch: 2\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(recipe))}: unknown key 'epoch'"):
+        load_config(Stage, recipe, ["epochs=3"], section="sft")
+
+
+def test_a_recipe_variable_given_as_an_override_points_to_var(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run_dir: runs/toy\nsft:\n  output_dir: ${run_dir}/sft\n")
+    with pytest.raises(ConfigError, match=r"'run_dir' is a recipe variable \(\$\{run_dir\}\), not a config key; set it with --var run_dir=/tmp/x"):
+        load_config(Stage, recipe, ["run_dir=/tmp/x"], section="sft")
+    # an override may use the variables
+    assert load_config(Stage, recipe, ["note=${run_dir}/n"], section="sft").note == "runs/toy/n"
+
+
+def test_an_override_inside_a_list_of_dataclasses_is_checked_against_the_items_class(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("phases:\n  - {data: short.json}\n")
+    with pytest.raises(ConfigError, match=r"^command line, override 'phases.0.epoch=2': unknown key 'phases.0.epoch'; did you mean 'phases.0.epochs'"):
+        load_config(Curriculum, cfg_file, ["phases.0.epoch=2"])

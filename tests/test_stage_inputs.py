@@ -131,3 +131,36 @@ def test_pipeline_checks_every_stage_before_running_the_first(tmp_path):
     assert not run_dir.exists()
     # Run in full, every input is written by an earlier stage.
     check_stage_inputs(recipe, recipe.load(PipelineSettings, "pipeline"), list(PipelineSettings().stages), [])
+
+
+def test_a_stage_run_alone_from_a_recipe_names_the_stage_that_writes_each_missing_input(tmp_path, caplog):
+    """`vlm-rlaif feedback --config recipes/toy.yaml`: each missing file with the stage that writes
+    it, and the two ways on: --var run_dir=<a run that has them>, or the stages before it."""
+    from vlm_rlaif.cli import main
+
+    run_dir = tmp_path / "runs"
+    code = main(["feedback", "--config", str(TOY_RECIPE), "--var", f"run_dir={run_dir}"])
+    assert code == 2 and not run_dir.exists()
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("feedback: cannot start, input not found:")
+    assert f"model_dir = {run_dir / 'sft' / 'model'}  (written by stage sft)" in message
+    assert f"prompts = {run_dir / 'world' / 'feedback' / 'prompts.json'}  (written by stage toyworld)" in message
+    assert f"--config {TOY_RECIPE} --var run_dir=demo_runs/seed0 --out DIR" in message
+    assert f"--run-dir {run_dir} --stages toyworld vision sft" in message
+
+
+def test_a_stage_whose_inputs_exist_is_not_stopped_and_a_flat_config_names_no_stage(tmp_path):
+    from types import SimpleNamespace
+
+    from vlm_rlaif.stage_inputs import check_stage_inputs
+
+    present = tmp_path / "present"
+    present.mkdir()
+    config = SimpleNamespace(inputs=lambda: {"data.root": present, "unused": None})
+    check_stage_inputs(TOY_RECIPE, "sft", config, {"run_dir": str(tmp_path)})  # nothing missing: no error
+    flat = tmp_path / "sft.yaml"
+    flat.write_text("out: x\n")
+    config = SimpleNamespace(inputs=lambda: {"data.root": tmp_path / "gone"})
+    with pytest.raises(UserError) as err:
+        check_stage_inputs(flat, "sft", config, {})
+    assert str(err.value) == f"sft: cannot start, input not found:\n  data.root = {tmp_path / 'gone'}"

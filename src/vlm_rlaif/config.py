@@ -29,8 +29,12 @@ def load_config(
     *,
     section: str | None = None,
     variables: dict[str, Any] | None = None,
+    overrides_from: str = "command line",
 ) -> T:
     """Build `cls` from YAML at `path` (optional) plus `overrides` ("a.b=value" strings).
+
+    Each override is checked against `cls` on its own before it is merged, so that a mistyped key or
+    value is reported as coming from `overrides_from`, not from the file.
 
     If the YAML's top level has a mapping under `section` (a recipe file holding several stages), only
     that mapping is used. Strings may refer to `${name}`: a top-level scalar of the file (a recipe's
@@ -60,6 +64,7 @@ def load_config(
         scope = {k: _substitute(v, scope, where=str(path or "config")) for k, v in scope.items()}
     for item in overrides or []:
         key, value = _parse_override(item)
+        _check_override(cls, key, _substitute(value, scope, overrides_from), item, scope, overrides_from)
         _set_dotted(data, key, value)
     where = str(path) if path else "config"
     return from_dict(cls, _substitute(data, scope, where), where=where)
@@ -94,6 +99,45 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
     return key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _check_override(cls: type, key: str, value: Any, item: str, variables: dict[str, Any], source: str) -> None:
+    """Raise a ConfigError for an override whose key is not in `cls` or whose value does not fit it,
+    naming the override and `source` (merged with the file first, it would be blamed on the file).
+    A top-level key that is a recipe variable points to --var, which is how variables are set."""
+    where = f"{source}, override {item!r}"
+    tp: Any = cls
+    done: list[str] = []
+    for part in key.split("."):
+        tp = _without_none(tp)
+        if dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp) if f.init]
+            if part not in names:
+                if not done and part in variables:
+                    raise ConfigError(
+                        f"{where}: '{part}' is a recipe variable (${{{part}}}), not a config key; "
+                        f"set it with --var {part}={item.split('=', 1)[1]}"
+                    )
+                full, valid = ".".join(done + [part]), [".".join(done + [n]) for n in names]
+                close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+                raise ConfigError(f"{where}: unknown key '{full}'{hint}")
+            tp = get_type_hints(tp)[part]
+        elif get_origin(tp) in (list, tuple) and part.isdigit():
+            tp = (get_args(tp) or (Any,))[0]
+        else:
+            return  # a mapping or Any field takes any key; a bad list index is _set_dotted's to report
+        done.append(part)
+    _coerce(tp, value, where=where, key=key)
+
+
+def _without_none(tp: Any) -> Any:
+    """X for `X | None`; other types unchanged."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:

@@ -73,7 +73,8 @@ class Recipe:
 
     def load(self, cls: type, section: str, extra: list[str] | None = None):
         return load_config(
-            cls, self.path, self.overrides.get(section, []) + list(extra or []), section=section, variables=self.variables
+            cls, self.path, self.overrides.get(section, []) + list(extra or []), section=section, variables=self.variables,
+            overrides_from=f"{section} overrides (command line or the recipe's quick section)",
         )
 
     def raw(self) -> dict:
@@ -160,6 +161,23 @@ def check_stage_inputs(recipe: Recipe, settings: PipelineSettings, stages: list[
                 if path is not None and not any(Path(path).resolve().is_relative_to(d) for d in written)
             })
         written.append(out)
+
+
+def stage_outputs(recipe: Recipe) -> dict[str, Path]:
+    """stage -> the directory it writes, for the recipe's stages whose section loads (a missing
+    input under one of them is that stage's to make)."""
+    settings = recipe.load(PipelineSettings, "pipeline")
+    raw = recipe.raw()
+    outputs = {}
+    for name in settings.stages:
+        if name == "toyworld":
+            outputs[name] = Path(settings.toyworld.out)
+        elif (name if name != "judge_context" else "feedback") in raw:
+            try:
+                outputs[name] = Path(_stage_config(recipe, name).out)
+            except ConfigError:  # that stage's section is broken: not this stage's problem
+                continue
+    return outputs
 
 
 def _stage_config(recipe: Recipe, name: str):

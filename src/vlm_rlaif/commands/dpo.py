@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.train.dpo import DPOConfig, run_dpo
 
-    config = load_stage_config(DPOConfig, args, "dpo")
+    config = load_checked_stage_config(DPOConfig, args, "dpo")
     summary = run_dpo(config, overwrite=args.overwrite)
     after = summary.get("eval_after") or {}
     accuracy = after.get("accuracy")

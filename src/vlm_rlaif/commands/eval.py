@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.eval import EvalConfig, run_eval
 
-    config = load_stage_config(EvalConfig, args, "eval")
+    config = load_checked_stage_config(EvalConfig, args, "eval")
     summary = run_eval(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.eval")
     for model, benchmarks in summary["results"].items():

@@ -27,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.feedback import FeedbackConfig, measure_context, run_feedback
     from vlm_rlaif.feedback.measure import format_report
 
-    config = load_stage_config(FeedbackConfig, args, "feedback")
+    config = load_checked_stage_config(FeedbackConfig, args, "feedback")
     log = logging.getLogger("vlm_rlaif.feedback")
     if args.measure_context:
         summary = measure_context(config, overwrite=args.overwrite)

@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.train.ppo import PPOConfig, run_ppo
 
-    config = load_stage_config(PPOConfig, args, "ppo")
+    config = load_checked_stage_config(PPOConfig, args, "ppo")
     summary = run_ppo(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.ppo")
     first, last = summary.get("first") or {}, summary.get("last") or {}

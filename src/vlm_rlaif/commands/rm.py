@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.train.rm import HELDOUT_SET, RMConfig, run_rm
 
-    config = load_stage_config(RMConfig, args, "rm")
+    config = load_checked_stage_config(RMConfig, args, "rm")
     summary = run_rm(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.rm")
     log.info("rm: %d steps on %d pairs; reward model in %s", summary["steps"], summary["train_pairs"], summary["model"])

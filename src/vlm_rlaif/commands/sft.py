@@ -20,10 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.train.sft import SFTConfig, run_sft
 
-    config = load_stage_config(SFTConfig, args, "sft")
+    config = load_checked_stage_config(SFTConfig, args, "sft")
     summary = run_sft(config, overwrite=args.overwrite)
     log = logging.getLogger("vlm_rlaif.sft")
     before, after = summary.get("eval_loss_before"), summary.get("eval_loss_after")

@@ -17,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_rlaif.config import load_stage_config
+    from vlm_rlaif.stage_inputs import load_checked_stage_config
     from vlm_rlaif.train.vision_pretrain import VisionPretrainConfig, run_vision_pretrain
 
-    config = load_stage_config(VisionPretrainConfig, args, "vision")
+    config = load_checked_stage_config(VisionPretrainConfig, args, "vision")
     summary = run_vision_pretrain(config, overwrite=args.overwrite)
     print(f"vision: held-out caption retrieval {summary['heldout_accuracy']:.3f} "
           f"(random tower {summary['heldout_accuracy_before']:.3f}); tower in {summary['tower']}")
