@@ -97,10 +97,12 @@ def check_inputs(stage: str, inputs: dict[str, str | Path | None]) -> None:
 class RunDir:
     """One stage's output directory. Use `RunDir.open(...)`, then `log_metrics`, then `finish`."""
 
-    def __init__(self, path: Path, stage: str, resumed: bool):
+    def __init__(self, path: Path, stage: str, resumed: bool, tracker: Any = None):
         self.path = path
         self.stage = stage
         self.resumed = resumed
+        # Live dashboards (train.tracking.Tracker): every logged row also goes to it; None: metrics.jsonl only.
+        self.tracker = tracker
         self._t0 = time.time()
 
     @classmethod
@@ -113,9 +115,11 @@ class RunDir:
         *,
         overwrite: bool = False,
         inputs: dict[str, str | Path | None] | None = None,
+        tracker: Any = None,
     ) -> "RunDir":
         """Create a new run directory, resume an unfinished one, or refuse a finished one; first
-        check that every path in `inputs` (see check_inputs) exists."""
+        check that every path in `inputs` (see check_inputs) exists. `tracker` (train.tracking's
+        tracker_for) also receives every row log_metrics writes."""
         check_inputs(stage, inputs or {})
         path = Path(path)
         cfg = to_dict(config)
@@ -147,7 +151,7 @@ class RunDir:
             else:
                 raise RunDirError(f"{path} exists, is not empty and is not a vlm-rlaif run directory")
         path.mkdir(parents=True, exist_ok=True)
-        run = cls(path, stage, resumed)
+        run = cls(path, stage, resumed, tracker)
         if resumed:
             info = json.loads((path / "run.json").read_text())
             info.setdefault("resumed_at", []).append(_now())
@@ -172,13 +176,15 @@ class RunDir:
         *,
         overwrite: bool = False,
         inputs: dict[str, str | Path | None] | None = None,
+        tracker: Any = None,
     ) -> "RunDir":
         """`open` for a run of several processes (an accelerate Accelerator): the main process opens
-        or resumes the directory and owns its files; the others wait for it, then get a handle."""
+        or resumes the directory and owns its files (and the tracker: only it logs); the others wait
+        for it, then get a handle."""
         # Every process checks, so none is left waiting for a main process that refused to start.
         check_inputs(stage, inputs or {})
         if accelerator.is_main_process:
-            run = cls.open(path, stage, config, seed, overwrite=overwrite)
+            run = cls.open(path, stage, config, seed, overwrite=overwrite, tracker=tracker)
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             run = cls(Path(path), stage, resumed=True)
@@ -196,10 +202,15 @@ class RunDir:
 
     def log_metrics(self, step: int, **metrics: Any) -> None:
         row = {"step": step, "time": round(time.time() - self._t0, 3), **metrics}
+        line = json.dumps(row, default=float)
         with (self.path / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(row, default=float) + "\n")
+            f.write(line + "\n")
+        if self.tracker is not None:
+            self.tracker.log(self.path, json.loads(line))  # exactly the row as metrics.jsonl holds it
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        if self.tracker is not None:
+            self.tracker.close(self.path)
         info = json.loads((self.path / "run.json").read_text())
         info["status"] = "finished"
         info["finished_at"] = _now()
@@ -246,11 +257,18 @@ def drop_rows_after(path: Path, key: str, value: int) -> None:
     os.replace(partial, path)
 
 
+# Top-level config sections that do not change what a run computes: a run may resume, or a pipeline
+# reuse a finished stage, with other values (e.g. dashboards turned on after the run started).
+NOT_COMPARED = ("logging",)
+
+
 def changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts."""
+    """Dotted keys whose values differ between two config dicts (NOT_COMPARED sections aside)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b), key=str):
+            if not prefix and k in NOT_COMPARED:
+                continue
             out += changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]

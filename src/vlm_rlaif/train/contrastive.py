@@ -136,11 +136,12 @@ def pretrain_tower(
         loss, accuracy = batch_loss(index)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         if on_log and (step % 50 == 0 or step == settings.steps - 1):
-            on_log({"step": step, "loss": loss.item(), "accuracy": accuracy.item(), "lr": scheduler.get_last_lr()[0]})
+            on_log({"step": step, "loss": loss.item(), "accuracy": accuracy.item(), "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm)})
     tower.eval()
     after = evaluate()
     return {

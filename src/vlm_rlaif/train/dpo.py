@@ -46,6 +46,7 @@ from vlm_rlaif.train.preference_data import (
     prepare_pairs,
     read_pairs,
 )
+from vlm_rlaif.train.tracking import LoggingSettings, tracker_for
 
 STAGE = "dpo"
 ADAPTER_NAME = "dpo"
@@ -80,6 +81,7 @@ class DPOConfig:
             batch_size=8, lr=5e-6, schedule="cosine", warmup_ratio=0.1, save_every=100
         )
     )
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self):
         if not self.model.path:
@@ -186,7 +188,9 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
     records, skipped, pairs_read = read_pairs(data, "dpo")
 
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
+    run = RunDir.open_on_main(
+        accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs(), tracker=tracker_for(config)
+    )
 
     lm = load_adapter_model(
         config.model.path,

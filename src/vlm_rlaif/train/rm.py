@@ -67,6 +67,7 @@ from vlm_rlaif.train.preference_data import (
     read_preference_file,
     usable_pairs,
 )
+from vlm_rlaif.train.tracking import LoggingSettings, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class RMConfig:
             batch_size=16, lr=2e-5, schedule="constant", warmup_ratio=0.03, save_every=100
         )
     )
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self):
         if not self.model.path:
@@ -400,7 +402,9 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         raise ConfigError(f"rm: data.toy_root {data.toy_root} is not a toy world directory (no truth/ folder)")
 
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
+    run = RunDir.open_on_main(
+        accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs(), tracker=tracker_for(config)
+    )
 
     feature_cache = FeatureCache(data.feature_cache_bytes, data.feature_cache_dir)
     lm = load_adapter_model(

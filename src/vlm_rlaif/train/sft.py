@@ -56,6 +56,7 @@ from vlm_rlaif.train.data import (
     video_identity,
 )
 from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
+from vlm_rlaif.train.tracking import LoggingSettings, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class SFTConfig:
     curriculum: CurriculumSettings = field(default_factory=CurriculumSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
     train: TrainSettings = field(default_factory=lambda: TrainSettings(lr=1e-4, warmup_ratio=0.03))
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self):
         if (self.model.path is None) == (self.model.init is None):
@@ -259,7 +261,9 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
     check_training_records([r for p in phases for r in p.records] + eval_records, video_root)
 
     out = Path(config.out)
-    run = RunDir.open_on_main(accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs())
+    run = RunDir.open_on_main(
+        accelerator, out, STAGE, config, settings.seed, overwrite=overwrite, inputs=config.inputs(), tracker=tracker_for(config)
+    )
 
     lm = load_base_model(config, out, accelerator)
     trainable = choose_trainable(lm, config.tune, settings.seed)

@@ -20,6 +20,7 @@ from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.rundir import RunDir, drop_rows_after
 from vlm_rlaif.toyworld.config import ToyWorldConfig
 from vlm_rlaif.train.contrastive import ContrastiveSettings, pretrain_tower
+from vlm_rlaif.train.tracking import LoggingSettings, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class VisionPretrainConfig:
     tower: TowerShape = field(default_factory=TowerShape)
     train: ContrastiveSettings = field(default_factory=ContrastiveSettings)
     seed: int = 0
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self):
         if self.videos < 1 or self.frames_per_video < 1 or self.place_grid < 1:
@@ -71,7 +73,7 @@ def run_vision_pretrain(config: VisionPretrainConfig, overwrite: bool = False) -
     from vlm_rlaif.toyworld.frame_captions import frame_caption_pairs
 
     out = Path(config.out)
-    run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite, inputs=config.inputs())
+    run = RunDir.open(out, STAGE, config, config.seed, overwrite=overwrite, inputs=config.inputs(), tracker=tracker_for(config))
     if run.resumed:  # minutes of work: a killed run starts over
         drop_rows_after(out / "metrics.jsonl", "step", -1)
     frames, captions = frame_caption_pairs(config.world, config.videos, config.frames_per_video, grid=config.place_grid)
