@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.rundir import RunDir, drop_rows_after
-from vlm_rlaif.train import checkpoints
+from vlm_rlaif.train import checkpoints, collectives
 
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT_PREFIX = "step_"
@@ -186,6 +186,9 @@ def train(
     progress = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not accelerator.is_main_process)
     window: dict[str, float] = {}
     window_count = 0
+    # For tokens_per_s: every process's micro-batches since the last log (the same number on each:
+    # the window's "tokens" is their mean) and the seconds of those steps.
+    window_batches, window_seconds = 0, 0.0
     train_metrics: dict[str, float] = {}
     started = time.time()
     for step in range(start_step, total_steps):
@@ -196,9 +199,11 @@ def train(
         else:
             positions = list(range(first, min(first + per_step, len(batches))))
         for slot in range(rank, len(positions), world):
+            batch = batches[positions[slot]]
             with accelerator.autocast():
-                loss, metrics = loss_fn(batches[positions[slot]])
+                loss, metrics = loss_fn(batch)
             loss.backward()
+            window["tokens"] = window.get("tokens", 0.0) + _count_tokens(batch)
             window["loss"] = window.get("loss", 0.0) + loss.item()
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + float(value)
@@ -214,14 +219,19 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         progress.update(1)
+        step_seconds = time.time() - step_started
+        window_batches += len(positions)
+        window_seconds += step_seconds
 
         if done % settings.log_every == 0 or done == total_steps:
             train_metrics = _mean_across_processes(window, window_count, world)
-            window, window_count = {}, 0
+            tokens = train_metrics.pop("tokens") * window_batches
+            speed = {"tokens_per_s": tokens / max(window_seconds, 1e-9)} if tokens else {}
+            window, window_count, window_batches, window_seconds = {}, 0, 0, 0.0
             progress.set_postfix(loss=f"{train_metrics.get('loss', float('nan')):.4f}")
             if run is not None and accelerator.is_main_process:
                 run.log_metrics(
-                    done, **train_metrics, lr=lr, grad_norm=float(grad_norm), step_seconds=time.time() - step_started
+                    done, **train_metrics, lr=lr, grad_norm=float(grad_norm), step_seconds=step_seconds, **speed
                 )
         if eval_batches and settings.eval_every and done % settings.eval_every == 0 and done < total_steps:
             evaluate(done, eval_history)
@@ -272,11 +282,12 @@ def _lr_lambda(settings: TrainSettings, total_steps: int) -> Callable[[int], flo
 # ---------------------------------------------------------------------------- processes
 
 
+# The collectives run on the backend's device (train/collectives.py); the parameters are already there.
 def _broadcast_from_main(params: list[nn.Parameter], world: int) -> None:
     if world > 1:
         with torch.no_grad():
             for p in params:
-                torch.distributed.broadcast(p.data, src=0)
+                collectives.broadcast_(p.data, src=0)
 
 
 def _sum_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -287,21 +298,24 @@ def _sum_gradients(params: list[nn.Parameter], world: int) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    handles = [torch.distributed.all_reduce(p.grad, async_op=True) for p in params]
-    for handle in handles:
-        handle.wait()
+    collectives.all_reduce_sum_many_([p.grad for p in params])
 
 
 def _mean_across_processes(sums: dict[str, float], count: int, world: int) -> dict[str, float]:
     if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (sums, count))
+        gathered = collectives.all_gather_object((sums, count))
         sums, count = {}, 0
         for process_sums, process_count in gathered:
             for key, value in process_sums.items():
                 sums[key] = sums.get(key, 0.0) + value
             count += process_count
     return {key: value / max(1, count) for key, value in sums.items()}
+
+
+def _count_tokens(batch: Any) -> int:
+    """The real (unpadded) tokens of a micro-batch: its attention mask's sum; 0 for a batch without one."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    return int(mask.sum()) if mask is not None else 0
 
 
 @torch.no_grad()

@@ -23,6 +23,9 @@ from typing import Literal
 
 import torch
 
+from vlm_rlaif.train import collectives
+from vlm_rlaif.train.collectives import Device
+
 KLEstimator = Literal["clamped", "k1", "k3"]
 KL_ESTIMATORS = ("clamped", "k1", "k3")
 
@@ -37,18 +40,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean_var(
-    values: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False
+    values: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False, device: Device = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance over the True positions.
 
     across_processes: when torch.distributed is initialised, the statistics are those of all
-    processes' values together (their sums are all-reduced), so every process whitens alike.
+    processes' values together (their sums are all-reduced on `device`, the accelerator's: see
+    train/collectives.py), so every process whitens alike.
     """
     mask = mask.to(values.dtype)
     # float64 sums: sum of squares minus squared sum loses little even for large batches.
     sums = torch.stack([(values * mask).sum(), (values * values * mask).sum(), mask.sum()]).double()
-    if across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
+    if across_processes:
+        collectives.all_reduce_sum_(sums, device)
     total, total_sq, count = sums.unbind()
     count = count.clamp(min=1.0)
     mean = total / count
@@ -63,12 +67,13 @@ def whiten(
     shift_mean: bool = True,
     eps: float = 1e-8,
     across_processes: bool = False,
+    device: Device = None,
 ) -> torch.Tensor:
     """(values - mean) / (std + eps) over the True positions (0 on padding).
 
     shift_mean=False adds the mean back (rescales without centring).
     """
-    mean, var = masked_mean_var(values, mask, across_processes=across_processes)
+    mean, var = masked_mean_var(values, mask, across_processes=across_processes, device=device)
     whitened = (values - mean) / (var.sqrt() + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -76,12 +81,17 @@ def whiten(
 
 
 def explained_variance(
-    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *, across_processes: bool = False
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    across_processes: bool = False,
+    device: Device = None,
 ) -> torch.Tensor:
     """1 - Var(returns - values) / Var(returns): 1 for a perfect value model, 0 for a constant one;
     NaN when the returns do not vary (undefined)."""
-    _, var_returns = masked_mean_var(returns, mask, across_processes=across_processes)
-    _, var_error = masked_mean_var(returns - values, mask, across_processes=across_processes)
+    _, var_returns = masked_mean_var(returns, mask, across_processes=across_processes, device=device)
+    _, var_error = masked_mean_var(returns - values, mask, across_processes=across_processes, device=device)
     if var_returns.item() < 1e-12:
         return torch.tensor(float("nan"))
     return 1.0 - var_error / var_returns

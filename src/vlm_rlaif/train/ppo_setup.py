@@ -1,11 +1,13 @@
-"""PPO's setup (train/ppo.py runs the algorithm): the four roles on their two bases, and the RL prompts.
+"""The setup PPO and GRPO share (train/ppo.py and train/grpo.py run the algorithms): the settings of
+the policy, its initialisation, the RL prompts and the runtime; the roles on their bases; the prompts.
 
     policy base (the SFT model):  LoRA POLICY (trains) + LoRA REFERENCE (frozen); with full
                                   fine-tuning the reference is a frozen copy instead
     value base (the RM's base):   LoRA VALUE (trains) + the reward model's own LoRA (frozen)
 
+GRPO has no value model: only the policy base with its POLICY and REFERENCE adapters.
 load_policy initialises the policy first when asked (initialise_policy: SFT on the RL prompts'
-reference answers through train/loop.py); load_value_and_reward builds the value model and the
+reference answers through train/loop.py); load_value_and_reward (PPO) builds the value model and the
 reward function. Both bases share the run's one FeatureCache. read_prompts reads the RL prompts
 (dropping over-long prompts together with their videos); prompt_examples turns them into the
 examples the policy and the reward model read.
@@ -20,10 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -32,6 +34,8 @@ from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarHead, ScalarModel
+from vlm_rlaif.models.lora import LoraSettings
+from vlm_rlaif.rollout.engine import EngineKind
 from vlm_rlaif.rundir import RunDir
 from vlm_rlaif.train.data import (
     SourcedRecord,
@@ -41,14 +45,144 @@ from vlm_rlaif.train.data import (
     read_instruction_file,
     skipped_summary,
 )
-
-if TYPE_CHECKING:  # ppo.py imports this module; its types are for annotations only
-    from vlm_rlaif.train.ppo import PPOConfig, RewardFn
+from vlm_rlaif.train.loop import TrainSettings
 
 log = logging.getLogger(__name__)
 
 # The LoRA adapters' names on the two bases.
 POLICY, REFERENCE, VALUE = "policy", "reference", "value"
+
+# Answers to the RL prompts' questions given to the reward model: (prompts, answer texts) -> scores (B,).
+RewardFn = Callable[[Sequence[VideoExample], Sequence[str]], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- settings (PPO and GRPO)
+
+
+@dataclass
+class PolicySettings:
+    """model: the SFT model directory, base of the policy and the reference. finetune "lora" (the
+    paper: r=64, alpha=16 on attention and MLP projections) or "full" (reference = a frozen copy)."""
+
+    model: str = ""
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=16))
+
+
+@dataclass
+class InitSettings:
+    """Policy initialisation: SFT on data.init_data (one epoch in the paper: lr 1e-4 cosine, batch 128).
+    adapter: start from an already initialised policy LoRA instead (e.g. the paper's released one)."""
+
+    enabled: bool = True
+    adapter: str | None = None
+    train: TrainSettings = field(
+        default_factory=lambda: TrainSettings(batch_size=8, lr=1e-4, schedule="cosine", warmup_ratio=0.03, save_every=50)
+    )
+
+
+@dataclass
+class RewardSettings:
+    """model: a reward model saved by `vlm-rlaif rm` (its directory or run directory); its base becomes
+    the value base. value_init "reward_model": the value LoRA starts as a copy of the RM's (the paper);
+    "fresh": a new LoRA (value_lora)."""
+
+    model: str | None = None
+    value_init: Literal["reward_model", "fresh"] = "reward_model"
+    value_lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=64, alpha=16))
+
+
+@dataclass
+class DataSettings:
+    """Files are relative to root, and so are the records' videos (unless video_root is set).
+    prompts: RL prompts (instruction records; the first human turn is the question).
+    init_data: the same prompts with reference answers, for the policy initialisation.
+    num_frames: frames per video (0: the policy model's own setting). Prompts whose rendered query
+    (system sentence, template, video placeholder as one token, question) is over max_prompt_tokens
+    tokens are dropped, together with their videos (the released code drops queries over 128 tokens,
+    counted that way). on_bad_video: a prompt's or an initialisation record's video that is missing
+    or does not decode stops the run ("fail", naming the file, the record and the video) or is
+    skipped ("skip": its records are dropped and counted in the summary)."""
+
+    root: str = "."
+    prompts: str = "rl/prompts.json"
+    init_data: str = "rl/PPO_init.json"
+    video_root: str | None = None
+    num_frames: int = 0
+    max_prompt_tokens: int = 128
+    frame_cache_videos: int = 1024
+    on_bad_video: str = "fail"
+
+
+@dataclass
+class RuntimeSettings:
+    """dtype: e.g. bfloat16 (default: as saved). quantization "4bit": QLoRA bases (CUDA + bitsandbytes).
+    mixed_precision "bf16" runs every forward under autocast. feature_cache_mb 0 turns the shared
+    visual-feature cache off (every pass re-encodes its videos: only for measuring)."""
+
+    dtype: str | None = None
+    quantization: str | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16"] = "no"
+    cpu: bool = False
+    engine: EngineKind = "hf"
+    vllm_gpu_memory_utilization: float = 0.3
+    feature_cache_mb: int = 2048
+
+
+class RLConfig(Protocol):
+    """What the setup reads of a PPO or GRPO config."""
+
+    out: str
+    seed: int
+    policy: PolicySettings
+    init: InitSettings
+    data: DataSettings
+    runtime: RuntimeSettings
+
+    @property
+    def initialises(self) -> bool: ...
+
+
+class ValueRewardConfig(RLConfig, Protocol):
+    """A PPO config: also the reward model and PPO's batch sizes."""
+
+    reward: RewardSettings
+    ppo: Any
+
+
+def initialises(config: RLConfig) -> bool:
+    """Whether a run reads data.init_data: only until the initialisation has finished."""
+    init_done = (Path(config.out) / "policy_init" / "summary.json").is_file()
+    return config.init.enabled and not config.init.adapter and not init_done
+
+
+def check_policy_settings(config: RLConfig, stage: str) -> None:
+    """The checks PPO and GRPO configs share."""
+    from vlm_rlaif.data.frames import check_on_bad_video
+
+    if not config.policy.model:
+        raise ConfigError("policy.model (the SFT model directory) is required")
+    lora = config.policy.lora
+    if lora.train_projector or lora.train_vision_tower:
+        raise ConfigError(
+            f"the visual path stays frozen in {stage.upper()}: policy.lora.train_projector/train_vision_tower must be false"
+        )
+    if config.init.adapter and config.policy.finetune == "full":
+        raise ConfigError("init.adapter is a LoRA adapter; it needs policy.finetune: lora")
+    check_on_bad_video(config.data.on_bad_video, f"{stage}: data")
+
+
+def policy_inputs(config: RLConfig) -> dict[str, str | Path | None]:
+    """The paths the policy's side of a run reads, by config key (None: not used)."""
+    data, root = config.data, Path(config.data.root)
+    return {
+        "policy.model": config.policy.model,
+        "init.adapter": config.init.adapter,
+        "data.prompts": root / data.prompts,
+        "data.init_data": root / data.init_data if config.initialises else None,
+        "data.video_root" if data.video_root else "data.root": data.video_root or root,
+    }
 
 
 # ---------------------------------------------------------------------------- the bases
@@ -65,7 +199,7 @@ class RLData:
     init_skipped: list[dict] = field(default_factory=list)
 
 
-def read_rl_data(config: PPOConfig) -> RLData:
+def read_rl_data(config: RLConfig) -> RLData:
     """Read data.prompts (and data.init_data when this run initialises the policy) and open every
     video, before anything is written (see the module docstring)."""
     data, root = config.data, Path(config.data.root)
@@ -80,7 +214,7 @@ def read_rl_data(config: PPOConfig) -> RLData:
 
 
 def load_policy(
-    config: PPOConfig, out: Path, accelerator, cache: FeatureCache | None, rl_data: RLData | None = None
+    config: RLConfig, out: Path, accelerator, cache: FeatureCache | None, rl_data: RLData | None = None
 ) -> tuple[VideoLM, VideoLM | None, dict]:
     """The policy base with its trainable policy and frozen reference (initialising the policy first
     when asked, on rl_data.init when given); returns (policy, reference copy for full fine-tuning or
@@ -126,7 +260,7 @@ def load_policy(
 
 
 def initialise_policy(
-    config: PPOConfig,
+    config: RLConfig,
     policy: VideoLM,
     init_dir: Path,
     accelerator,
@@ -191,7 +325,7 @@ def initialise_policy(
 
 
 def load_value_and_reward(
-    config: PPOConfig, policy: VideoLM, accelerator, cache: FeatureCache | None, reward_fn: RewardFn | None
+    config: ValueRewardConfig, policy: VideoLM, accelerator, cache: FeatureCache | None, reward_fn: RewardFn | None
 ) -> tuple[ScalarModel, RewardFn, dict]:
     """The value model (LoRA VALUE + zero head) on the reward model's base, and the reward function
     (the reward model scoring through its own input builder, unless `reward_fn` is given)."""
@@ -254,14 +388,14 @@ def share_feature_cache(lm: VideoLM, cache: FeatureCache | None) -> None:
     lm.feature_cache = cache
 
 
-def num_frames_of(config: PPOConfig, lm: VideoLM) -> int:
+def num_frames_of(config: RLConfig, lm: VideoLM) -> int:
     frames = config.data.num_frames or getattr(lm.processor, "num_frames", 0)
     if not frames:
         raise ConfigError("data.num_frames is 0 and the policy's processor names no frame count; set data.num_frames")
     return frames
 
 
-def frame_store(config: PPOConfig, lm: VideoLM) -> FrameStore:
+def frame_store(config: RLConfig, lm: VideoLM) -> FrameStore:
     root = Path(config.data.video_root or config.data.root)
     return FrameStore(root, FrameSampling(num_frames=num_frames_of(config, lm)), max_videos=config.data.frame_cache_videos)
 
@@ -331,14 +465,24 @@ __all__ = [
     "POLICY",
     "REFERENCE",
     "VALUE",
+    "DataSettings",
+    "InitSettings",
+    "PolicySettings",
     "Prompt",
+    "RLConfig",
     "RLData",
+    "RewardFn",
+    "RewardSettings",
+    "RuntimeSettings",
+    "check_policy_settings",
     "decode_prompt_videos",
     "frame_store",
     "initialise_policy",
+    "initialises",
     "load_policy",
     "load_value_and_reward",
     "num_frames_of",
+    "policy_inputs",
     "prompt_examples",
     "read_prompts",
     "read_rl_data",
