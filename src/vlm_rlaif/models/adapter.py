@@ -45,7 +45,7 @@ from torch import nn
 
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.feature_cache import FeatureCache, feature_key, module_fingerprint
-from vlm_rlaif.models.lora import LoraSettings, peft_lora_config, quantization_config
+from vlm_rlaif.models.lora import LoraSettings, peft_lora_config, quantization_config, wrapping_in_peft
 
 IGNORE_INDEX = -100
 MODEL_INFO_FILE = "vlm_rlaif_model.json"
@@ -767,7 +767,8 @@ class VideoLM:
         if self.adapter_names:
             self.unwrapped_model.add_adapter(name, config)
         else:
-            self.model = get_peft_model(self.model, config, adapter_name=name)
+            with wrapping_in_peft():
+                self.model = get_peft_model(self.model, config, adapter_name=name)
         self._lora_trainable[name] = True
         self.set_adapter(name)
 
@@ -785,9 +786,10 @@ class VideoLM:
         if self.adapter_names:
             self.unwrapped_model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
         else:
-            self.model = PeftModel.from_pretrained(
-                self.model, str(directory), adapter_name=name, is_trainable=trainable
-            )
+            with wrapping_in_peft():
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(directory), adapter_name=name, is_trainable=trainable
+                )
         self._lora_trainable[name] = trainable
         self.set_adapter(name)
 

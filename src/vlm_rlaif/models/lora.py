@@ -10,6 +10,9 @@ the language model).
 from __future__ import annotations
 
 import importlib.util
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -90,4 +93,17 @@ def quantization_config(mode: str, skip_modules: list[str]):
     )
 
 
-__all__ = ["LORA_PRESETS", "QUANTIZATION_MODES", "LoraSettings", "peft_lora_config", "quantization_config"]
+@contextmanager
+def wrapping_in_peft() -> Iterator[None]:
+    """Around the one call that wraps a model in a PeftModel: peft (0.21) reads the model's
+    `is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on every read
+    (once per policy, value and reward model of a run). We never read it ourselves; only that
+    warning, only there, is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+__all__ = [
+    "LORA_PRESETS", "QUANTIZATION_MODES", "LoraSettings", "peft_lora_config", "quantization_config", "wrapping_in_peft",
+]

@@ -78,6 +78,13 @@ class VideoLMServer(ThreadingHTTPServer):
 class ChatCompletionsHandler(BaseHTTPRequestHandler):
     server: VideoLMServer
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connections
+    started = 0.0  # when the request being answered arrived (perf_counter)
+
+    def parse_request(self) -> bool:
+        # BaseHTTPRequestHandler's hook once a request line has arrived: the request's own clock starts
+        # here, not while a keep-alive connection waits for its next request.
+        self.started = time.perf_counter()
+        return super().parse_request()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -156,9 +163,18 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        log.info("%s", request_line(self.command, self.path, status, payload, time.perf_counter() - self.started))
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def request_line(method: str, path: str, status: int, payload: dict, seconds: float) -> str:
+    """One log line per answered request: route, status, tokens, seconds; never the messages or the
+    answer (they may be private), nor the query string."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    tokens = f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens" if usage else "no tokens"
+    return f"{method} {path.split('?', 1)[0]} {int(status)}, {tokens}, {seconds:.2f} s"
 
 
 __all__ = ["ChatCompletionsHandler", "MAX_BODY_BYTES", "VideoLMServer"]
