@@ -89,6 +89,7 @@ from vlm_rlaif.train.rollouts import (
     resume,
     save_policy,
 )
+from vlm_rlaif.train.tracking import LoggingSettings, log_samples
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class PPOConfig:
     data: DataSettings = field(default_factory=DataSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def __post_init__(self):
         check_policy_settings(self, STAGE)
@@ -483,8 +485,10 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
         if rl.is_main:
             # JSON has no NaN: an undefined metric (e.g. explained variance of constant returns) is null.
             rl.run.log_metrics(done, **{k: v if math.isfinite(v) else None for k, v in metrics.items()})
-            for k in range(min(settings.log_samples, len(mine))):
-                samples.write(_sample_row(done, mine[k], rollouts, k))
+            rows = [_sample_row(done, mine[k], rollouts, k) for k in range(min(settings.log_samples, len(mine)))]
+            for row in rows:
+                samples.write(row)
+            log_samples(rl.run, done, rows)  # the dashboards' table, every logging.samples_every iterations
             log.info(
                 "iteration %d/%d: reward %.3f, kl %.3f, length %.1f, %.1f s",
                 done, len(plan), metrics["reward_score"], metrics["kl"], metrics["response_length"], metrics["iteration_s"],

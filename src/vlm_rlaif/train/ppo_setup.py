@@ -46,6 +46,7 @@ from vlm_rlaif.train.data import (
     skipped_summary,
 )
 from vlm_rlaif.train.loop import TrainSettings
+from vlm_rlaif.train.tracking import LoggingSettings
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class RLConfig(Protocol):
     init: InitSettings
     data: DataSettings
     runtime: RuntimeSettings
+    logging: LoggingSettings  # the dashboards (open_rl_run hands the run directory its tracker)
 
     @property
     def initialises(self) -> bool: ...

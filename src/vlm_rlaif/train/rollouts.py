@@ -46,6 +46,7 @@ from vlm_rlaif.train.ppo_setup import (
     read_prompts,
     read_rl_data,
 )
+from vlm_rlaif.train.tracking import tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ def open_rl_run(config: RLConfig, stage: str, *, overwrite: bool = False) -> RLR
     out = Path(config.out)
     check_inputs(stage, config.inputs())
     rl_data = read_rl_data(config)
-    run = RunDir.open_on_main(accelerator, out, stage, config, config.seed, overwrite=overwrite, inputs=config.inputs())
+    run = RunDir.open_on_main(
+        accelerator, out, stage, config, config.seed, overwrite=overwrite, inputs=config.inputs(), tracker=tracker_for(config)
+    )
     cache = FeatureCache(max_bytes=runtime.feature_cache_mb << 20) if runtime.feature_cache_mb > 0 else None
     policy, reference, init_summary = load_policy(config, out, accelerator, cache, rl_data)
     if runtime.gradient_checkpointing:
