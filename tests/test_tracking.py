@@ -115,7 +115,10 @@ def test_only_the_main_process_gets_the_tracker(tmp_path):
     assert main.tracker is tracker and other.tracker is None
 
 
-@pytest.mark.parametrize(("recipe", "expected"), [("toy.yaml", ["none"]), ("paper-7b.yaml", ["tensorboard"]), ("qwen2.5-vl-7b.yaml", ["tensorboard"])])
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [("toy.yaml", ["none"]), ("paper-7b.yaml", ["tensorboard"]), ("qwen2.5-vl-7b.yaml", ["tensorboard"])],
+)
 def test_recipes_report_to(recipe, expected):
     path = REPO / "src" / "vlm_rlaif" / "recipes" / recipe  # recipes/ links to this folder
     raw = yaml.safe_load(path.read_text())

@@ -89,7 +89,7 @@ from vlm_rlaif.train.rollouts import (
     resume,
     save_policy,
 )
-from vlm_rlaif.train.tracking import LoggingSettings, log_samples
+from vlm_rlaif.train.tracking import LoggingSettings, log_sample_table
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +488,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
             rows = [_sample_row(done, mine[k], rollouts, k) for k in range(min(settings.log_samples, len(mine)))]
             for row in rows:
                 samples.write(row)
-            log_samples(rl.run, done, rows)  # the dashboards' table, every logging.samples_every iterations
+            log_sample_table(rl.run, done, rows)  # the dashboards' table, every logging.samples_every iterations
             log.info(
                 "iteration %d/%d: reward %.3f, kl %.3f, length %.1f, %.1f s",
                 done, len(plan), metrics["reward_score"], metrics["kl"], metrics["response_length"], metrics["iteration_s"],

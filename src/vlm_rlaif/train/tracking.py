@@ -118,7 +118,7 @@ def scalars(row: dict) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k not in _NOT_SCALARS and isinstance(v, (int, float))}
 
 
-def log_samples(run, step: int, rows: list[dict]) -> None:
+def log_sample_table(run, step: int, rows: list[dict]) -> None:
     """A table of sample rollouts (dicts with the same keys, e.g. prompt, response, reward) at `step`,
     every logging.samples_every steps; nothing when the run has no tracker."""
     if run.tracker is not None and rows:
@@ -199,4 +199,7 @@ def _markdown_table(columns: list[str], data: list[list]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LoggingSettings", "TENSORBOARD_DIR", "Tracker", "check_packages", "hyperparameters", "log_samples", "scalars", "tracker_for"]
+__all__ = [
+    "LoggingSettings", "TENSORBOARD_DIR", "Tracker", "check_packages", "hyperparameters", "log_sample_table", "scalars",
+    "tracker_for",
+]
