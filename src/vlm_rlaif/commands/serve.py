@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name reported to clients (default: the model directory's name)")
     parser.add_argument("--video-root", help="the only folder whose files requests may name (default: none)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="longest answer one may ask for (default 1024)")
+    parser.add_argument(
+        "--lora-root",
+        help="turn on vLLM's runtime LoRA API (POST /v1/load_lora_adapter, /v1/unload_lora_adapter) for adapters "
+        "inside this folder; requests then name an adapter as their model (default: off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from vlm_rlaif.serve.model_choice import resolve_model
 
     log = logging.getLogger("vlm_rlaif.serve")
-    if args.video_root is not None and not Path(args.video_root).is_dir():
-        raise ConfigError(f"--video-root {args.video_root}: no such directory")
+    for flag, folder in (("--video-root", args.video_root), ("--lora-root", args.lora_root)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ConfigError(f"{flag} {folder}: no such directory")
     choice = resolve_model(args.model, args.lora)
     lm = load_for_generation(str(choice.base), lora=choice.adapter, device=args.device, dtype=args.dtype)
     server = VideoLMServer(
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         num_frames=args.frames or default_num_frames(lm),
         max_tokens=args.max_tokens,
         fingerprint_source=f"{choice.base.resolve()}|{choice.adapter.resolve() if choice.adapter else ''}",
+        lora_root=args.lora_root,
     )
     if args.host not in LOOPBACK:
         log.warning("listening on %s: whoever reaches this port can use the model (any API key works)", args.host)

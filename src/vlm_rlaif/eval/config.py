@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.data.frames import check_on_bad_video
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.eval.benchmarks import KINDS
@@ -35,10 +36,13 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # names become directory names
 @dataclass
 class ModelSpec:
     name: str
-    path: str  # a saved model directory (VideoLM.save or a transformers checkpoint)
+    path: str | None = None  # a saved model directory (VideoLM.save or a transformers checkpoint)
     lora: str | None = None  # a LoRA adapter directory to load on top (VideoLM.save_lora)
     device: str = "cpu"
     dtype: str | None = None  # e.g. bfloat16 (default: as saved)
+    # "openai": the predictions come from servers serving this model (vLLM, `vlm-rlaif serve`);
+    # path and lora are then not loaded here.
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
 
 
 @dataclass
@@ -111,6 +115,10 @@ class EvalConfig:
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ConfigError(f"eval: duplicate {key} names {duplicates}")
+        for model in self.models:
+            if model.generator.kind == "local" and not model.path:
+                raise ConfigError(f"eval: model {model.name!r} needs a path (or generator.kind 'openai')")
+            model.generator.check(f"eval: model {model.name!r}")
         for bench in self.benchmarks:
             if bench.kind not in KINDS:
                 raise ConfigError(f"eval: benchmark {bench.name!r}: kind must be one of {', '.join(KINDS)}")
@@ -139,7 +147,8 @@ class EvalConfig:
         """The paths this stage reads, by config key (None: not used); checked by RunDir.open."""
         paths: dict[str, str | Path | None] = {}
         for m in self.models:
-            paths.update({f"models.{m.name}.path": m.path, f"models.{m.name}.lora": m.lora})
+            if m.generator.kind == "local":
+                paths.update({f"models.{m.name}.path": m.path, f"models.{m.name}.lora": m.lora})
         for b in self.benchmarks:
             paths.update({
                 f"benchmarks.{b.name}.file": b.file,

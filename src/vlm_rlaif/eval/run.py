@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from vlm_rlaif.config import to_dict
 from vlm_rlaif.data import done_ids
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
@@ -26,7 +28,7 @@ from vlm_rlaif.eval.criteria import tasks_for
 from vlm_rlaif.eval.judges import Judge, LocalJudge, OpenAIJudge, OracleJudge, toy_oracle_check
 from vlm_rlaif.eval.judging import judge as judge_benchmark
 from vlm_rlaif.eval.paper import PAPER_JUDGE, PAPER_JUDGE_NOTE
-from vlm_rlaif.eval.predict import predict, read_predictions, read_video_notes
+from vlm_rlaif.eval.predict import iter_predict, read_predictions, read_video_notes
 from vlm_rlaif.eval.report import results_markdown
 from vlm_rlaif.rundir import RunDir
 
@@ -35,9 +37,15 @@ log = logging.getLogger(__name__)
 FEATURE_CACHE_BYTES = 256 << 20  # a consistency item's two questions share one video encoding
 
 
-def load_model(spec: ModelSpec, feature_cache_bytes: int = FEATURE_CACHE_BYTES):
-    """A VideoLM from a model directory, with its LoRA adapter if the spec names one."""
+def load_model(spec: ModelSpec, feature_cache_bytes: int = FEATURE_CACHE_BYTES, cache_dir: Path | None = None):
+    """A VideoLM from a model directory, with its LoRA adapter if the spec names one; or, for
+    generator kind "openai", the servers that serve it (replies cached under cache_dir)."""
     from vlm_rlaif.models import FeatureCache, load_adapter_model
+
+    if spec.generator.kind == "openai":
+        from vlm_rlaif.clients.generator import OpenAIGenerator
+
+        return OpenAIGenerator(spec.generator, cache_dir=cache_dir)
 
     lm = load_adapter_model(spec.path, device=spec.device, dtype=spec.dtype, feature_cache=FeatureCache(feature_cache_bytes))
     if spec.lora:
@@ -90,10 +98,13 @@ def run_eval(config: EvalConfig, *, overwrite: bool = False, judge: Judge | None
         missing = [b for b in config.benchmarks if _missing(items[b.name], done_ids(paths[b.name]))]
         if missing:
             log.info("model %s: predicting %s", model.name, ", ".join(b.name for b in missing))
-            lm = load_model(model)
-            for bench in missing:
-                frames = FrameStore(bench.video_root, FrameSampling(num_frames=settings.num_frames))
-                predict(lm, items[bench.name], frames, paths[bench.name], settings, config.on_bad_video)
+            lm = load_model(model, cache_dir=run.path / "generator_cache" / model.name)
+            todo = sum(len({i.id for i in items[b.name]} - done_ids(paths[b.name])) for b in missing)
+            with tqdm(total=todo, desc=f"eval {model.name}", unit="item", delay=2) as bar:  # one bar per model
+                for bench in missing:
+                    frames = FrameStore(bench.video_root, FrameSampling(num_frames=settings.num_frames))
+                    for _ in iter_predict(lm, items[bench.name], frames, paths[bench.name], settings, config.on_bad_video):
+                        bar.update()
             del lm
         predictions[model.name] = {b.name: read_predictions(paths[b.name], items[b.name]) for b in config.benchmarks}
         notes[model.name] = {b.name: read_video_notes(paths[b.name]) for b in config.benchmarks}

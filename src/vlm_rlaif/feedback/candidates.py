@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vlm_rlaif.clients.generator import OpenAIGenerator
 from vlm_rlaif.feedback.config import CandidateSettings
 from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
 
@@ -63,7 +64,7 @@ def collect_distinct(
 
 
 def sample_candidates(
-    lm: VideoLM,
+    lm: VideoLM | OpenAIGenerator,
     examples: Sequence[VideoExample],
     prompt_ids: Sequence[str],
     settings: CandidateSettings,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.data.frames import check_on_bad_video
 from vlm_rlaif.errors import ConfigError
 
@@ -110,6 +111,9 @@ class FeedbackConfig:
     # A prompt's video that is missing or does not decode: "fail" stops the run (the error names the
     # prompts file, the record and the video); "skip" records the prompt as skipped and goes on.
     on_bad_video: str = "fail"
+    # Where candidates and the policy's clip descriptions are sampled: the policy here ("local") or
+    # OpenAI-compatible servers serving it ("openai", e.g. vLLM; clients.generator).
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
     describe: ContextSettings = field(default_factory=ContextSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -134,6 +138,7 @@ class FeedbackConfig:
         if self.judge.kind == "openai":
             self.judge.openai.check("feedback.judge.openai")
         check_on_bad_video(self.on_bad_video, "feedback")
+        self.generator.check("feedback.generator")
         if not 0.0 <= self.judge.min_verdict_mass <= 1.0:
             raise ConfigError("feedback: judge.min_verdict_mass must be in [0, 1]")
 

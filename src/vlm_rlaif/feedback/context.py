@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from vlm_rlaif.clients.generator import OpenAIGenerator
 from vlm_rlaif.clients.images import frames_to_image_parts
 from vlm_rlaif.clients.openai_compat import ChatClient, ChatRequest, ChatResult
 from vlm_rlaif.clients.parsing import InvalidReply
@@ -55,9 +56,10 @@ class VideoContext:
 
 
 class LocalDescriber:
-    """A model directory (usually the policy itself) describes each clip; greedy by default."""
+    """A model directory (usually the policy itself) describes each clip; greedy by default. lm: a
+    VideoLM, or an OpenAIGenerator serving the policy (anything with VideoLM.generate's signature)."""
 
-    def __init__(self, lm: VideoLM, settings: ContextSettings, describer_id: str):
+    def __init__(self, lm: VideoLM | OpenAIGenerator, settings: ContextSettings, describer_id: str):
         self.lm = lm
         self.settings = settings
         self.id = describer_id

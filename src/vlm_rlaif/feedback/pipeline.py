@@ -6,9 +6,11 @@ written and a rerun picks up where it stopped):
     contexts.jsonl     per video: clip descriptions (context.py)
     judgments.jsonl    per pair: both orders' probabilities, invalid reasons, decision (every pair)
     preferences.jsonl  the kept pairs in the public preference layout plus our fields
-    judge_cache/, describe_cache/   on-disk reply caches of openai endpoints
+    judge_cache/, describe_cache/, generator_cache/   on-disk reply caches of openai endpoints
     summary.json       counts, order agreement, throughput, oracle agreement (toy world)
-Prompts go in chunks of chunk_size; within a chunk candidates are sampled in one batch, contexts are
+Candidates, and the policy's clip descriptions, come from the policy itself or, with
+`generator.kind: openai`, from servers serving it (clients.generator; the local model is then
+loaded only if the judge needs it). Prompts go in chunks of chunk_size; within a chunk candidates are sampled in one batch, contexts are
 made for its videos, and its pairs are judged in one batch. A pair's judgment is written before its
 preference record; a rerun rewrites any preference record a kill cut off, so none is lost or doubled.
 """
@@ -18,12 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from vlm_rlaif.clients.generator import make_generator
 from vlm_rlaif.clients.openai_compat import ChatClient
 from vlm_rlaif.data import InstructionRecord, JsonlWriter, done_ids, iter_raw, read_records
 from vlm_rlaif.data.frames import NON_IMAGE_FILES, SINGLE_FRAME, BadVideoError, FrameSampling, FrameStore
@@ -89,7 +94,10 @@ class FeedbackRunner:
     def __init__(self, config: FeedbackConfig, directory: Path):
         self.config = config
         self.dir = directory
-        self.policy = self._load(config.model_dir)
+        self._policy: VideoLM | None = None
+        self._generator = None
+        if config.num_frames is None and config.generator.kind == "openai" and not self._judge_is_policy():
+            raise UserError("feedback: with generator.kind 'openai' and no local self-judge, set num_frames (frames a video)")
         num_frames = config.num_frames or getattr(self.policy.processor, "num_frames", None) or 50
         # Decoded frames of about one chunk's videos are kept: full-resolution videos are large.
         sampling = FrameSampling(num_frames, config.clip_max_frames)
@@ -110,6 +118,25 @@ class FeedbackRunner:
     def _load(self, model_dir: Path) -> VideoLM:
         cache = FeatureCache(max_bytes=self.config.feature_cache_bytes)
         return load_adapter_model(model_dir, device=self.config.device, dtype=self.config.dtype, feature_cache=cache)
+
+    @property
+    def policy(self) -> VideoLM:
+        """The policy model, loaded on first use (a run whose generation and judge are servers never loads it)."""
+        if self._policy is None:
+            self._policy = self._load(self.config.model_dir)
+        return self._policy
+
+    @property
+    def generator(self):
+        """What samples the policy's answers and descriptions: the policy, or servers serving it."""
+        if self._generator is None:
+            settings = self.config.generator
+            lm = self.policy if settings.kind == "local" else None
+            self._generator = make_generator(settings, lm, cache_dir=self.dir / "generator_cache")
+        return self._generator
+
+    def _judge_is_policy(self) -> bool:
+        return self.config.judge.kind == "local" and self._same_as_policy(self.config.judge.model_dir)
 
     def _same_as_policy(self, model_dir: Path | None) -> bool:
         return model_dir is None or Path(model_dir).resolve() == Path(self.config.model_dir).resolve()
@@ -143,8 +170,11 @@ class FeedbackRunner:
             client = self._client(settings.openai, "describe_cache")
             return OpenAIDescriber(client, settings.openai, settings.max_new_tokens, settings.temperature)
         model_dir = settings.model_dir if settings.describer == "model" else self.config.model_dir
-        lm = self.policy if self._same_as_policy(model_dir) else self._load(model_dir)
-        return LocalDescriber(lm, settings, f"local:{model_dir}")
+        if self._same_as_policy(model_dir):
+            generator = self.generator
+            describer_id = f"local:{model_dir}" if generator is self._policy else f"{generator.id}"
+            return LocalDescriber(generator, settings, describer_id)
+        return LocalDescriber(self._load(model_dir), settings, f"local:{model_dir}")
 
     @property
     def contexts(self) -> ClipContexts:
@@ -190,7 +220,7 @@ class FeedbackRunner:
             # The question only: a trailing reference answer (instruction files) is not shown.
             examples.append(VideoExample(to_messages(prompt.conversations[:1]), frames, key, where=f"{self.config.prompts}: record {prompt.id}"))
             usable.append(prompt)
-        results = sample_candidates(self.policy, examples, [p.id for p in usable], self.config.candidates, seed) if usable else []
+        results = sample_candidates(self.generator, examples, [p.id for p in usable], self.config.candidates, seed) if usable else []
         for result, example in zip(results, examples):
             result.video_warnings = self.frames.warnings.get(example.video_key, [])
         sampling = sampling_record(self.config.candidates, seed)
@@ -302,6 +332,15 @@ def chunked(items: list, size: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def chunks_with_progress(chunks: list[list], desc: str) -> Iterator[list]:
+    """The chunks, with a bar of the prompts done out of all of them (a chunk counts once its loop
+    body is over, skipped or not)."""
+    with tqdm(total=sum(map(len, chunks)), desc=desc, unit="prompt", delay=2) as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(len(chunk))
+
+
 def run_feedback(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
     """The feedback stage (see the module docstring); returns the summary written to summary.json."""
     config.check()
@@ -315,7 +354,7 @@ def run_feedback(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
     restored = _restore_preferences(runner, by_id, judged, preferences_path)
     new_pairs = 0
     with JsonlWriter(judgments_path) as judgment_log, JsonlWriter(preferences_path) as preference_log:
-        for chunk_index, chunk in enumerate(chunked(prompts, config.chunk_size)):
+        for chunk_index, chunk in enumerate(chunks_with_progress(chunked(prompts, config.chunk_size), "feedback")):
             # Chunks are fixed over the whole prompt list, so a rerun samples each chunk with the same seed.
             runner.ensure_candidates(chunk, seed=config.seed * 1_000_003 + chunk_index)
             pairs = [pair for p in chunk for pair in runner.pairs_of(p) if pair.id not in judged]
@@ -332,7 +371,7 @@ def run_feedback(config: FeedbackConfig, *, overwrite: bool = False) -> dict:
                 statuses[judgment["status"]] += 1
             new_pairs += len(pairs)
             run.log_metrics(chunk_index, pairs=len(pairs), **{s: statuses[s] for s in STATUSES})
-            log.info("chunk %d: %d pairs judged (%s)", chunk_index, len(pairs), dict(statuses))
+            log.debug("chunk %d: %d pairs judged (%s)", chunk_index, len(pairs), dict(statuses))  # the bar shows progress
     elapsed = time.perf_counter() - started
     summary = summarise(runner, prompts, judged, preferences_path)
     summary["this_run"] = {

@@ -807,6 +807,17 @@ class VideoLM:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
         self.unwrapped_model.peft_config[name].save_pretrained(str(directory))
 
+    def delete_lora(self, name: str) -> None:
+        """Drop an adapter (e.g. a server's previous policy version); another one, if any, becomes active."""
+        if name not in self._lora_trainable:
+            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
+        del self._lora_trainable[name]
+        if not self.adapter_names:  # the last one: back to the bare model (peft keeps empty LoRA layers)
+            self.model = self.unwrapped_model.unload()
+            return
+        self.unwrapped_model.delete_adapter(name)
+        self.set_adapter(self.adapter_names[-1])
+
     def set_adapter(self, name: str) -> None:
         """Make a named adapter the active one (trainable only if it was added or loaded trainable)."""
         if name not in self._lora_trainable:

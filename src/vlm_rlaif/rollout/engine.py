@@ -7,7 +7,9 @@
 
 "hf" samples with transformers' generate through the VideoLM adapter: the very weights that train,
 the same feature cache (a prompt's video is encoded once and reused by the scoring passes). "vllm"
-(rollout/vllm_engine.py) is offered only when vllm is importable.
+(rollout/vllm_engine.py) is offered only when vllm is importable. "openai" (rollout/openai_engine.py)
+asks OpenAI-compatible servers (vLLM's server, `vlm-rlaif serve`) that hot-load each iteration's
+policy adapter.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
+from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
 
-EngineKind = Literal["hf", "vllm"]
+EngineKind = Literal["hf", "vllm", "openai"]
 
 
 class RolloutEngine(Protocol):
@@ -70,11 +73,19 @@ def make_engine(
     workdir: str | Path | None = None,
     seed: int = 0,
     gpu_memory_utilization: float = 0.3,
+    server: GeneratorSettings | None = None,
 ) -> RolloutEngine:
     """The engine `kind` for the policy `lm` (vllm also needs the base model's directory and a
-    working directory for the adapter it reloads)."""
+    working directory for the adapter it reloads; openai the servers and that working directory)."""
     if kind == "hf":
         return HFEngine(lm, adapter)
+    if kind == "openai":
+        from vlm_rlaif.rollout.openai_engine import OpenAIEngine
+
+        if server is None or workdir is None:
+            raise ConfigError("the openai rollout engine needs the servers (rollout_server) and workdir")
+        server.check("rollout_server")
+        return OpenAIEngine(lm, adapter, workdir, server)
     if kind == "vllm":
         if not vllm_available():
             raise UserError(
@@ -86,7 +97,7 @@ def make_engine(
         if model_dir is None or workdir is None:
             raise ConfigError("the vllm engine needs model_dir (the policy's base) and workdir")
         return VLLMEngine(lm, model_dir, adapter, workdir, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
-    raise ConfigError(f"unknown rollout engine {kind!r}; known: hf, vllm")
+    raise ConfigError(f"unknown rollout engine {kind!r}; known: hf, vllm, openai")
 
 
 __all__ = ["EngineKind", "HFEngine", "RolloutEngine", "make_engine", "vllm_available"]

@@ -311,8 +311,10 @@ def _token_entry(token: TokenText, logprob: float) -> dict:
     return {"token": token.text, "logprob": logprob, "bytes": list(token.utf8)}
 
 
-def models_response(model: str, created: int) -> dict:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "vlm-rlaif"}]}
+def models_response(models: list[str], created: int) -> dict:
+    """GET /v1/models: the served model first, then any runtime LoRA adapters."""
+    data = [{"id": model, "object": "model", "created": created, "owned_by": "vlm-rlaif"} for model in models]
+    return {"object": "list", "data": data}
 
 
 def error_response(message: str, kind: str = "invalid_request_error", param: str | None = None) -> dict:
