@@ -11,6 +11,7 @@ from vlm_rlaif.eval.config import EvalConfig
 from vlm_rlaif.feedback.config import FeedbackConfig
 from vlm_rlaif.pipeline import STAGES, PipelineSettings, Recipe, quick_overrides
 from vlm_rlaif.toyworld import ToyWorldConfig
+from vlm_rlaif.train.grpo import GRPOConfig
 from vlm_rlaif.train.ppo import PPOConfig, PPOSettings
 from vlm_rlaif.train.rm import RMConfig
 from vlm_rlaif.train.sft import SFTConfig
@@ -25,6 +26,7 @@ STAGE_CONFIGS = {
     "feedback": FeedbackConfig,
     "rm": RMConfig,
     "ppo": PPOConfig,
+    "grpo": GRPOConfig,
     "eval": EvalConfig,
 }
 # Top-level mappings that are neither stages nor variables: YAML anchors other sections refer to.

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "feedback",
     "rm",
     "ppo",
+    "grpo",
     "dpo",
     "eval",
     "demo",

@@ -33,7 +33,11 @@ from vlm_rlaif.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("toyworld", "vision", "sft", "feedback", "judge_context", "rm", "ppo", "eval")
+STAGES = ("toyworld", "vision", "sft", "feedback", "judge_context", "rm", "ppo", "grpo", "eval")
+# GRPO is the alternative to PPO, run when named. Eval compares the policy of the recipe's
+# ${policy_stage} (ppo unless set); a run whose stages include grpo but not ppo sets it to grpo, so
+# `--stages feedback rm grpo eval` evaluates the GRPO policy.
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "grpo")
 
 
 @dataclass
@@ -45,7 +49,7 @@ class ToyWorldStage:
 
 @dataclass
 class PipelineSettings:
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     toyworld: ToyWorldStage = field(default_factory=ToyWorldStage)
 
     def __post_init__(self):
@@ -111,23 +115,29 @@ def run_pipeline(
     on_stage: Callable[[StageResult], None] | None = None,
     only: list[str] | None = None,
     redo: list[str] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> list[StageResult]:
-    """Run the recipe's stages in order (or only those named); returns one result per stage.
+    """Run the recipe's stages in order (or only those named, in pipeline order, also one the
+    recipe's list leaves out, such as grpo); returns one result per stage.
 
     A finished stage is reused only if its config is unchanged; `redo` names stages to run again
     from scratch, and every stage after the first redone one is redone too (its inputs changed).
+    on_start(name) is called as a stage starts, on_stage(result) when it is done.
     """
     settings = recipe.load(PipelineSettings, "pipeline")
     unknown = [s for s in (redo or []) + (only or []) if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
-    check_stage_inputs(recipe, settings, [s for s in settings.stages if not only or s in only], redo or [])
+    running = [s for s in STAGES if s in only] if only else settings.stages
+    if "policy_stage" not in recipe.variables and "grpo" in running and "ppo" not in running:
+        recipe.variables["policy_stage"] = "grpo"
+    check_stage_inputs(recipe, settings, running, redo or [])
     results = []
     redoing = False
-    for name in settings.stages:
-        if only and name not in only:
-            continue
+    for name in running:
         redoing = redoing or name in (redo or [])
+        if on_start:
+            on_start(name)
         started = time.perf_counter()
         directory, status, summary = _RUNNERS[name](recipe, settings, redoing)
         result = StageResult(name, Path(directory), status, round(time.perf_counter() - started, 1), summary)
@@ -288,6 +298,12 @@ def _ppo():
     return PPOConfig, run_ppo
 
 
+def _grpo():
+    from vlm_rlaif.train.grpo import GRPOConfig, run_grpo
+
+    return GRPOConfig, run_grpo
+
+
 def _eval():
     from vlm_rlaif.eval import run_eval
     from vlm_rlaif.eval.config import EvalConfig
@@ -314,7 +330,7 @@ def _judge_context_dir(feedback) -> Path:
     return Path(feedback.out).parent / "judge_context"
 
 
-_LOADERS = {"vision": _vision, "sft": _sft, "feedback": _feedback, "rm": _rm, "ppo": _ppo, "eval": _eval}
+_LOADERS = {"vision": _vision, "sft": _sft, "feedback": _feedback, "rm": _rm, "ppo": _ppo, "grpo": _grpo, "eval": _eval}
 _RUNNERS = {
     "toyworld": _toyworld,
     **{name: _stage(name, load) for name, load in _LOADERS.items()},
