@@ -65,3 +65,17 @@ def test_ppo_iteration_bench_small(tmp_path):
     assert row["seconds"]["cache"] > 0 and row["seconds"]["none"] > 0
     # The shared feature cache is the point of the bench: the vision tower runs once per video with it.
     assert row["vision_tower_calls"]["cache"] == 4 < row["vision_tower_calls"]["none"]
+
+
+RUN_GRPO_BENCH = RUN_PPO_BENCH.replace("bench_ppo_iteration", "bench_grpo_vs_ppo").replace(
+    '"--rollouts", "4"', '"--rollouts", "4", "--group-size", "2"'
+)
+
+
+def test_bench_grpo_vs_ppo_cheap_mode(tmp_path):
+    run(["-c", RUN_GRPO_BENCH, str(tmp_path)])
+    (row,) = read_jsonl(tmp_path / "bench_grpo_vs_ppo.jsonl")
+    assert row["rollouts"] == 4 and row["group_size"] == 2
+    for algorithm in ("ppo", "grpo"):  # both iterations ran and generated tokens in the same run
+        assert row["summary"][algorithm]["tokens"] > 0 and row["summary"][algorithm]["tokens_per_s"] > 0
+    assert row["ratio_grpo_over_ppo_tokens_per_s"] > 0
