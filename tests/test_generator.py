@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from test_feedback_helpers import FRAMES, make_config, make_model_dir, make_video_root
+from test_ppo import world  # noqa: F401  (a fixture: PPO's tiny world, for the server-rollout test)
 
 from vlm_rlaif.clients.generator import GeneratorSettings, OpenAIGenerator, mp4_data_url
 from vlm_rlaif.clients.images import frames_to_image_parts
@@ -324,3 +325,32 @@ def test_openai_rollout_engine_hot_loads_each_policy_version(model_dir, root, tm
     with pytest.raises(UserError, match="LoRA policy"):
         make_engine("openai", load_adapter_model(model_dir), adapter=None, workdir=tmp_path / "w",
                     server=GeneratorSettings(kind="openai", base_url="http://127.0.0.1:9/v1", model="m"))  # fmt: skip
+
+
+def test_ppo_samples_its_rollouts_from_a_server_that_loads_each_iteration(world, tmp_path, monkeypatch):
+    from test_ppo import ppo_config, says_red
+
+    from vlm_rlaif.train.ppo import run_ppo
+
+    asked = []
+    original = VideoLMServer.serving
+
+    def recording(self, model):
+        asked.append(model)
+        return original(self, model)
+
+    monkeypatch.setattr(VideoLMServer, "serving", recording)
+    server = serve(load_adapter_model(world / "sft_model"), lora_root=tmp_path)
+    try:
+        config = ppo_config(world, tmp_path / "ppo", ppo={"epochs": 1}, runtime={
+            "engine": "openai", "rollout_server": {"kind": "openai", "base_url": server.url, "model": "tiny"}})  # fmt: skip
+        summary = run_ppo(config, reward_fn=says_red)
+    finally:
+        stop(server)
+    assert summary["iterations"] == 2
+    versions = sorted(set(asked))
+    assert len(versions) == 2 and all(v.startswith("policy-") for v in versions)  # one adapter per iteration
+    assert asked.count(versions[0]) == asked.count(versions[1]) == 8  # rollout_batch_size requests each
+    # Only the newest version stays loaded: the one after the last update (older ones were unloaded).
+    prefix = versions[0].rsplit("-v", 1)[0]
+    assert versions == [f"{prefix}-v1", f"{prefix}-v2"] and list(server.runtime_adapters) == [f"{prefix}-v3"]

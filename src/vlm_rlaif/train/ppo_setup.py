@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models.adapter import VideoExample, VideoLM
@@ -128,6 +129,9 @@ class RuntimeSettings:
     cpu: bool = False
     engine: EngineKind = "hf"
     vllm_gpu_memory_utilization: float = 0.3
+    # engine "openai": the servers that sample rollouts, hot-loading each iteration's policy adapter
+    # (vLLM's server with runtime LoRA updating, or `vlm-rlaif serve --lora-root`; rollout/openai_engine.py).
+    rollout_server: GeneratorSettings = field(default_factory=GeneratorSettings)
     feature_cache_mb: int = 2048
 
 

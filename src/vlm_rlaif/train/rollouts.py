@@ -132,7 +132,8 @@ def make_rollout_engine(config: RLConfig, policy: VideoLM, out: Path) -> Rollout
     runtime = config.runtime
     return make_engine(
         runtime.engine, policy, adapter=POLICY if policy.adapter_names else None, model_dir=config.policy.model,
-        workdir=out / "vllm_adapter", seed=config.seed, gpu_memory_utilization=runtime.vllm_gpu_memory_utilization,
+        workdir=out / ("rollout_adapters" if runtime.engine == "openai" else "vllm_adapter"), seed=config.seed,
+        gpu_memory_utilization=runtime.vllm_gpu_memory_utilization, server=runtime.rollout_server,
     )
 
 
