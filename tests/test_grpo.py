@@ -326,3 +326,25 @@ def test_cli_and_pipeline_run_feedback_rm_grpo_eval(monkeypatch):
     assert seen["grpo"].rewards[0].model == "/r/rm"  # the RM stage's output is the reward
     assert [m.lora for m in seen["eval"].models] == [None, "/r/grpo/policy_init/adapter", "/r/grpo/policy_adapter"]
     assert "grpo" not in pipeline.PipelineSettings().stages  # the default (and the demo) keeps PPO
+
+
+def test_oracle_reward_verifies_short_answers_and_skips_or_grades_descriptions(tmp_path):
+    from vlm_rlaif.toyworld import ToyWorldConfig, generate
+    from vlm_rlaif.train.data import read_instruction_file
+
+    world_dir = tmp_path / "world"
+    generate(ToyWorldConfig(seed=7), world_dir, 12, workers=1)
+    records = {name: read_instruction_file(world_dir / "sft" / f"{name}.json")[:6] for name in ("SFT_short", "SFT_long")}
+    prompts = {name: [Prompt(s.record.id, s.record.question, s) for s in sourced] for name, sourced in records.items()}
+    answers = {name: [s.record.answer for s in sourced] for name, sourced in records.items()}
+
+    def score(descriptions: str, name: str, texts: list[str]) -> list:
+        spec = RewardSpec(kind="oracle", toy_dir=str(world_dir), descriptions=descriptions)
+        return build_rewards([spec], accelerator=None, runtime=None, cache=None, batch_size=1, out=tmp_path)(
+            prompts[name], [None] * len(texts), texts)[0]
+
+    assert score("none", "SFT_short", answers["SFT_short"]) == [1.0] * 6  # the world's own answers are right
+    assert score("none", "SFT_short", ["I cannot tell."] * 6) == [0.0] * 6
+    assert score("none", "SFT_long", answers["SFT_long"]) == [None] * 6  # no verifiable answer: dropped
+    graded = score("quality", "SFT_long", answers["SFT_long"])
+    assert all(0.6 <= g <= 1.0 for g in graded)  # correct: the oracle's quality rule gives 3-5, / 5
