@@ -14,6 +14,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from test_grpo import grpo_config, reward_module  # noqa: F401  (reward_module: a fixture)
 from test_ppo import ppo_config, says_red, world  # noqa: F401  (world: the PPO test world fixture)
 from test_sft import sft_config, write_world
 
@@ -21,6 +22,7 @@ from vlm_rlaif.config import from_dict, load_config
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.rundir import RunDir, read_metrics
 from vlm_rlaif.train.dpo import DPOConfig
+from vlm_rlaif.train.grpo import GRPOConfig, run_grpo
 from vlm_rlaif.train.ppo import PPOConfig, run_ppo
 from vlm_rlaif.train.rm import RMConfig
 from vlm_rlaif.train.sft import SFTConfig, run_sft
@@ -28,7 +30,9 @@ from vlm_rlaif.train.tracking import TENSORBOARD_DIR, LoggingSettings, hyperpara
 from vlm_rlaif.train.vision_pretrain import VisionPretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING_STAGES = {"vision": VisionPretrainConfig, "sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig}
+TRAINING_STAGES = {
+    "vision": VisionPretrainConfig, "sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+}
 # What the issue asks every RL dashboard to show, by metrics.jsonl key.
 RL_SCALARS = {"reward_score", "reward_shaped", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss",
               "explained_variance", "response_length", "lr", "grad_norm", "tokens_per_s", "policy_loss"}
@@ -230,3 +234,13 @@ def test_ppo_dashboard_equals_metrics_jsonl_with_samples_and_a_resume_adds_no_du
     assert [step for step, _ in board["reward_score"]] == [1, 2]
     assert max(raw_points(out).values()) == 1
     assert list(sample_tables(out)) == [2]
+
+
+def test_grpo_gets_the_dashboard_the_same_way(world, tmp_path, reward_module):  # noqa: F811
+    out = tmp_path / "grpo"
+    config = grpo_config(world, out, grpo={"max_iterations": 2}, logging={"report_to": ["tensorboard"], "samples_every": 1})
+    run_grpo(config)
+    board = assert_dashboard_equals_metrics(out)
+    assert {"reward_score", "kl", "entropy", "clip_fraction", "approx_kl", "response_length", "lr", "grad_norm",
+            "tokens_per_s"} <= board.keys()
+    assert list(sample_tables(out)) == [1, 2]
