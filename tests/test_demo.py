@@ -48,12 +48,20 @@ def test_quick_demo_runs_every_stage_and_reports(quick_run):
 
 
 def test_rerun_reuses_finished_stages_and_says_so(quick_run):
+    """A rerun that reuses every stage keeps, per stage, the seconds of the invocation that made it
+    (not the moment of reusing it), and says it reused them."""
     out, _ = quick_run
-    statuses = {}
-    report = run_demo(out, quick=True, seed=0, on_stage=lambda r: statuses.update({r.name: r.status}))
+    first = json.loads((out / "demo_history.jsonl").read_text().splitlines()[0])["stages"]
+    statuses, lines = {}, []
+    report = run_demo(out, quick=True, seed=0, on_stage=lambda r: statuses.update({r.name: r.status}), progress=lines.append)
     assert set(statuses.values()) == {"reused"} and "sft" in statuses
-    assert "continued earlier work" in report.read_text()
+    text = report.read_text()
+    assert "continued earlier work" in text and "reused sft, toyworld, feedback" in text
+    assert f"| eval | reused | {first['eval']['seconds']:.1f} |" in text
     assert len((out / "demo_history.jsonl").read_text().splitlines()) == 2
+    # the stage counter, and nothing left to do once every stage is known to be reused
+    assert lines[0] == lines[0].split(" (")[0] + " (elapsed 0:00, about 0:00 left)" and lines[0].startswith("stage 1/7 sft: starting")
+    assert any(line.startswith("eval ") and "(stage 7/7 done; elapsed" in line for line in lines)
 
 
 def test_a_changed_config_is_refused_then_redone_with_later_stages(quick_run, tmp_path):
@@ -175,4 +183,38 @@ def test_report_leads_with_verdicts_including_rlaif_vs_sft(quick_run):
     text = report.read_text()
     verdicts = text[text.index("## Verdicts"):text.index("## 1.")]
     assert "QA accuracy" in verdicts and "(RLAIF minus SFT, paired)" in verdicts
-    assert "Answers with judge phrasing: SFT " in verdicts and "Multiple-choice replies that name an option" in verdicts
+    assert "Answers with judge phrasing: SFT " in verdicts and "Multiple-choice replies that name no option (counted as wrong)" in verdicts
+    # every section leads with its verdicts
+    for heading, lead in (("## 1.", "- The self-judge"), ("## 2.", "- The kept preference labels"), ("## 3.", "- The reward model"),
+                          ("## 4.", "What PPO itself changed"), ("## 5.", "- ")):
+        assert text[text.index(heading):].split("\n")[2].startswith(lead), heading
+    section5 = text[text.index("## 5."):text.index("## 6.")]
+    assert "| multiple-choice replies naming no option (counted wrong) |" in section5
+    samples = text[text.index("## 6."):]
+    assert "| QA: question | truth | sft | policy_init | rlaif |" in samples and "| descriptions: question |" in samples
+    qa_rows = samples.split("| QA: question")[1].split("\n\n")[0].splitlines()[2:]
+    assert len(qa_rows) == 3 and all(row.count(" | ") == 4 for row in qa_rows)
+
+
+def test_stage_seconds_keep_the_invocation_that_made_each_stage(tmp_path):
+    from vlm_rlaif.demo.report import stage_seconds
+    from vlm_rlaif.pipeline import StageResult
+
+    rows = [{"stages": {"rm": {"status": "ran", "seconds": 50.0}, "ppo": {"status": "ran", "seconds": 9.0}}},
+            {"stages": {"rm": {"status": "reused", "seconds": 0.1}, "ppo": {"status": "resumed", "seconds": 30.0}}},
+            {"stages": {"rm": {"status": "reused", "seconds": 0.1}, "ppo": {"status": "redone", "seconds": 70.0}}}]
+    (tmp_path / "demo_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    results = [StageResult("rm", tmp_path, "reused", 0.1, {}), StageResult("ppo", tmp_path, "resumed", 30.0, {})]
+    assert stage_seconds(tmp_path, results) == {"rm": 50.0, "ppo": 39.0}  # resumed: both parts
+    (tmp_path / "demo_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert stage_seconds(tmp_path, results) == {"rm": 50.0, "ppo": 70.0}  # redone: only the new run
+
+
+def test_chance_levels_of_the_accuracy_panels(quick_run):
+    from vlm_rlaif.demo.report import MCQ_MEASURE, QA_MEASURE, chance_levels
+
+    out, _ = quick_run
+    levels = chance_levels(out)
+    mcq = json.loads((out / "world" / "eval" / "mcq.json").read_text())
+    assert levels[MCQ_MEASURE][0] == pytest.approx(100 * sum(1 / len(r["candidates"]) for r in mcq) / len(mcq))
+    assert 0 < levels[QA_MEASURE][0] <= 100 and levels[QA_MEASURE][1] == "most common answer per question type"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from vlm_rlaif import __version__
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Progress bars estimate the time left from the average rate since they started. tqdm's default
+    # weighs the last few updates, and SFT's length-grouped batches and evaluation pauses then made
+    # its ETA swing between 6 and 48 minutes. tqdm reads TQDM_* defaults when it is first imported,
+    # which no command has done before this point.
+    os.environ.setdefault("TQDM_SMOOTHING", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

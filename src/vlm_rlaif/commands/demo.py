@@ -32,14 +32,18 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+    from transformers.utils import logging as transformers_logging
+
     from vlm_rlaif.demo import run_demo
 
+    # Loading or saving a 2 MB model takes no time: transformers' bars for it only bury the demo's own.
+    transformers_logging.disable_progress_bar()
     out = Path(args.out or ("demo_runs/quick" if args.quick else f"demo_runs/seed{args.seed}"))
 
-    def show(result) -> None:
-        print(f"[demo] {result.name:<14} {result.status:<8} {result.seconds:>7.1f} s   {result.directory}", flush=True)
+    def show(line: str) -> None:
+        print(f"[demo] {line}", flush=True)
 
-    report = run_demo(out, quick=args.quick, seed=args.seed, recipe=args.recipe, on_stage=show,
+    report = run_demo(out, quick=args.quick, seed=args.seed, recipe=args.recipe, progress=show,
                       from_scratch=args.from_scratch, stages=args.stages)
     print(f"[demo] report: {report}")
     print(report.read_text())

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlm_rlaif.pipeline import Recipe, quick_overrides, run_pipeline, stage_overrides
+    from vlm_rlaif.pipeline import PipelineSettings, Recipe, quick_overrides, run_pipeline, stage_overrides
+    from vlm_rlaif.progress import StageClock
 
     recipe_path = Path(args.recipe)
     overrides = quick_overrides(recipe_path) if args.quick else {}
@@ -36,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
         variables["run_dir"] = args.run_dir
     if args.seed is not None:
         variables["seed"] = args.seed
-    for result in run_pipeline(Recipe(recipe_path, variables, overrides), only=args.stages, redo=args.redo):
-        print(f"{result.name:<14} {result.status:<8} {result.seconds:>7.1f} s  {result.directory}")
+    recipe = Recipe(recipe_path, variables, overrides)
+    # A recipe's stages take what its models and data make them take: no estimate of the time left.
+    clock = StageClock([s for s in recipe.load(PipelineSettings, "pipeline").stages if not args.stages or s in args.stages])
+
+    def done(result) -> None:
+        line = clock.finished(result.name, result.status, result.seconds)
+        print(f"{result.name:<14} {result.status:<8} {result.seconds:>7.1f} s  {result.directory}  ({line})", flush=True)
+
+    run_pipeline(recipe, only=args.stages, redo=args.redo, on_stage=done, on_start=lambda name: print(clock.starting(name), flush=True))
     return 0

@@ -9,9 +9,14 @@ per-item judgements), so a report can be rebuilt from a run directory at any tim
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from vlm_rlaif.demo.plots import plot_eval, plot_judge, plot_ppo
+from vlm_rlaif.eval.benchmarks import load_items
 from vlm_rlaif.eval.stats import estimate_mean
 from vlm_rlaif.rundir import read_metrics
 
@@ -26,6 +31,9 @@ ITEM_MEASURES = [
     ("qa", "qa", "hallucinations per QA answer", lambda j: _mean(j.get("hallucinations") or [0]), False),
     ("vcg_generic", "correctness", "hallucinations per description", lambda j: _mean(j.get("hallucinations") or [0]), False),
 ]
+
+
+QA_MEASURE, MCQ_MEASURE = ITEM_MEASURES[0][2], ITEM_MEASURES[1][2]
 
 
 def _mean(values: list[float]) -> float:
@@ -57,16 +65,19 @@ def write_report(
     run_dir = Path(run_dir)
     evals = _load(run_dir / "eval" / "summary.json")
     # The paired comparison (bootstrap intervals) is computed once, for the verdicts and section 5.
-    comparison = compare_models(run_dir, list(evals["results"])) if evals else []
+    models = list(evals["results"]) if evals else []
+    comparison = compare_models(run_dir, models) if evals else []
+    # What PPO itself changed: the RLAIF policy against the policy it started from.
+    ppo_comparison = compare_models(run_dir, ["policy_init", "rlaif"], baseline="policy_init") if "policy_init" in models else []
     lines: list[str] = ["# vlm-rlaif demo report", ""]
     lines += _header(run_dir, results, quick=quick, seed=seed, seconds=seconds)
     lines += verdict_lines(run_dir, comparison)
     lines += _judge_section(run_dir)
     lines += _feedback_section(run_dir)
     lines += _rm_section(run_dir)
-    lines += _ppo_section(run_dir)
+    lines += _ppo_section(run_dir, ppo_comparison)
     lines += _eval_section(run_dir, evals, comparison)
-    lines += _samples_section(run_dir)
+    lines += _samples_section(run_dir, models)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -78,10 +89,9 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
         lines += ["> **Quick run** (a smoke test of every stage at toy size): its numbers carry no meaning.", ""]
     env = next((e for e in (_load(run_dir / stage / "env.json") for stage in ("sft", "feedback", "eval")) if e), {})
     lines += [
-        f"Run directory `{run_dir}`, seed {seed if seed is not None else 'n/a'}"
-        + (f", {seconds / 60:.1f} minutes this invocation" if seconds is not None else "")
-        + f". torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')},"
-        f" vlm-rlaif {env.get('vlm_rlaif', '?')} (commit {str(env.get('git_commit') or '?')[:10]}).",
+        f"Run directory `{run_dir}`, seed {seed if seed is not None else 'n/a'}. torch {env.get('torch', '?')}, "
+        f"transformers {env.get('transformers', '?')}, vlm-rlaif {env.get('vlm_rlaif', '?')} "
+        f"(commit {str(env.get('git_commit') or '?')[:10]}).",
         "",
     ]
     sft = _load(run_dir / "sft" / "summary.json") or {}
@@ -99,18 +109,51 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
             f"(random tower {_fmt(vision.get('heldout_accuracy_before'))}, {vision.get('pairs')} pairs).",
             "",
         ]
-    continued = [r.name for r in results or [] if r.status in ("resumed", "reused")]
-    if continued:
+    if not results:
+        return lines
+    made = stage_seconds(run_dir, results)
+    reused = [r.name for r in results if r.status == "reused"]
+    worked = [f"{r.name} ({r.status})" for r in results if r.status != "reused"]
+    # Times carry the word "seconds": the fresh-process determinism test leaves such lines out.
+    lines += [
+        f"Making these stages took {_seconds(sum(made.values()))} seconds in all"
+        + (f"; this invocation took {_seconds(seconds)} seconds" if seconds is not None else "")
+        + (f", reused {', '.join(reused)}" if reused else "")
+        + (f" and did {', '.join(worked)}" if worked else "") + ".",
+        "",
+    ]
+    if any(r.status in ("resumed", "reused") for r in results):
         lines += [
             f"This invocation continued earlier work in this directory (invocations so far: {len(_history(run_dir))}): "
-            f"{', '.join(continued)} were reused (finished before) or resumed (interrupted before).",
+            "a reused stage had finished before, a resumed one was interrupted before.",
             "",
         ]
-    if results:
-        lines += ["| stage | this invocation | seconds |", "|---|---|---|"]
-        lines += [f"| {r.name} | {r.status} | {r.seconds:.1f} |" for r in results]
-        lines += [""]
-    return lines
+    lines += ["| stage | this invocation | seconds to make it |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.status} | {_seconds(made[r.name])} |" for r in results]
+    return lines + [""]
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def stage_seconds(run_dir: Path, results: list) -> dict[str, float | None]:
+    """stage -> the seconds of the invocations that made what is in its directory, read from
+    demo_history.jsonl: the last one that ran (or redid, or shipped) it, plus any that resumed it
+    after; a reused stage keeps the time it took then, not the 0.1 s of reusing it. Time spent by an
+    invocation that was killed is not in the history. Without a history: this invocation's seconds."""
+    made: dict[str, float | None] = {r.name: (None if r.status == "reused" else r.seconds) for r in results}
+    history = _history(run_dir)
+    if not history:
+        return made
+    made = {r.name: None for r in results}
+    for row in history:
+        for name, stage in row.get("stages", {}).items():
+            if name not in made or stage["status"] == "reused":
+                continue
+            resumed = stage["status"] == "resumed" and made[name] is not None
+            made[name] = (made[name] if resumed else 0.0) + stage["seconds"]
+    return made
 
 
 # Phrases of the pairwise judge's prompts and verdicts: in a policy's answer they mean the judge
@@ -133,56 +176,95 @@ def _interval_word(low: float | None, high: float | None, null: float) -> str:
 
 
 def verdict_lines(run_dir: Path, comparison: list[dict] = ()) -> list[str]:
-    """One line per question of the demo, each read off an interval: is the judge better than
-    chance, did the context help it, did the reward model learn the preferences, did RLAIF beat SFT
-    (`comparison`: compare_models' rows for the run's models)."""
-    lines = []
-    judge = _load(run_dir / "judge_context" / "summary.json")
-    if judge:
-        m = judge["context"]["mean_of_orders"]
-        low, high = m.get("ci95") or (None, None)
-        verb = {"above": "beats", "within": "is not measurably better than", "below": "is worse than"}
-        lines.append(f"- The self-judge with its clip context {verb[_interval_word(low, high, 0.5)]} chance: "
-                     f"agreement with the oracle {_rate(m)}.")
-        d = judge["difference_context_minus_no_context"]
-        low, high = d.get("ci95") or (None, None)
-        side = _interval_word(low, high, 0.0)
-        head = {"above": "Context helped the judge", "below": "Context hurt the judge",
-                "within": "No measurable effect of context on the judge"}[side]
-        lines.append(f"- {head}: {d['difference']:+.3f}{_ci(low, high)} (context minus no context)." if d.get("difference") is not None
-                     else f"- {head}.")
-    rm = _load(run_dir / "rm" / "summary.json")
-    if rm:
-        oracle = (((rm.get("eval") or {}).get("heldout") or {}).get("oracle") or {}).get("reward_model") or {}
-        low, high = oracle.get("ci95") or (None, None)
-        side = _interval_word(low, high, 0.5)
-        lines.append(f"- The reward model {'learnt' if side == 'above' else 'did not measurably learn'} the true preferences: "
-                     f"it agrees with the oracle on {_rate(oracle)} of held-out pairs.")
-    evals = _load(run_dir / "eval" / "summary.json")
-    if evals and "rlaif" in evals.get("results", {}):
-        table = {row["measure"]: row for row in comparison}
-        for label, unit, name in VERDICT_MEASURES:
-            e = (table.get(label) or {}).get("vs_baseline", {}).get("rlaif")
-            if not e or e["value"] is None:
-                continue
-            side = _interval_word(e["low"], e["high"], 0.0)
-            better = side == ("above" if table[label]["higher_is_better"] else "below")
-            head = "No measurable difference in" if side == "within" else "RLAIF beat SFT on" if better else "RLAIF fell below SFT on"
-            lines.append(f"- {head} {name}: {e['value']:+.2f}{_ci(e['low'], e['high'], 2)}{unit} (RLAIF minus SFT, paired).")
-        in_format = {m: _mcq_in_format(run_dir, m) for m in ("sft", "rlaif")}
-        if all(in_format.values()):
-            lines.append(f"- Multiple-choice replies that name an option: SFT {in_format['sft'][0]} of {in_format['sft'][1]}, "
-                         f"RLAIF {in_format['rlaif'][0]} of {in_format['rlaif'][1]}.")
-        leaks = {m: judge_phrasing(run_dir, m) for m in ("sft", "rlaif")}
-        if all(v is not None for v in leaks.values()):
-            lines.append(f"- Answers with judge phrasing: SFT {leaks['sft'][0]} of {leaks['sft'][1]}, "
-                         f"RLAIF {leaks['rlaif'][0]} of {leaks['rlaif'][1]}.")
+    """The report's opening: every section's verdicts, each read off an interval: is the judge
+    better than chance and did the context help it, do the preference labels and the reward model
+    agree with the truth, did RLAIF beat SFT (`comparison`: compare_models' rows against SFT).
+    What PPO itself changed (against the initialised policy) leads section 4 only: here it would
+    repeat every measure."""
+    lines = judge_verdicts(run_dir) + feedback_verdicts(run_dir) + rm_verdicts(run_dir)
+    lines += difference_verdicts(comparison, "SFT")
+    lines += format_verdicts(run_dir)
     return (["## Verdicts", "", *lines, ""] if lines else [])
 
 
-def _mcq_in_format(run_dir: Path, model: str) -> tuple[int, int] | None:
+def judge_verdicts(run_dir: Path) -> list[str]:
+    judge = _load(run_dir / "judge_context" / "summary.json")
+    if not judge:
+        return []
+    m = judge["context"]["mean_of_orders"]
+    low, high = m.get("ci95") or (None, None)
+    verb = {"above": "beats", "within": "is not measurably better than", "below": "is worse than"}
+    lines = [f"- The self-judge with its clip context {verb[_interval_word(low, high, 0.5)]} chance: "
+             f"agreement with the oracle {_rate(m)}."]
+    d = judge["difference_context_minus_no_context"]
+    low, high = d.get("ci95") or (None, None)
+    head = {"above": "Context helped the judge", "below": "Context hurt the judge",
+            "within": "No measurable effect of context on the judge"}[_interval_word(low, high, 0.0)]
+    lines.append(f"- {head}: {d['difference']:+.3f}{_ci(low, high)} (context minus no context)." if d.get("difference") is not None
+                 else f"- {head}.")
+    return lines
+
+
+def feedback_verdicts(run_dir: Path) -> list[str]:
+    s = _load(run_dir / "feedback" / "summary.json")
+    oracle = ((s or {}).get("oracle") or {}).get("kept_labels") or {}
+    if oracle.get("rate") is None:
+        return []
+    low, high = oracle.get("ci95") or (None, None)
+    verb = {"above": "agree with the oracle more often than chance", "within": "are not measurably better than chance",
+            "below": "disagree with the oracle more often than not"}[_interval_word(low, high, 0.5)]
+    return [f"- The kept preference labels {verb}: {_rate(oracle)} of {oracle.get('n', 0)} pairs."]
+
+
+def rm_verdicts(run_dir: Path) -> list[str]:
+    rm = _load(run_dir / "rm" / "summary.json")
+    if not rm:
+        return []
+    oracle = (((rm.get("eval") or {}).get("heldout") or {}).get("oracle") or {}).get("reward_model") or {}
+    low, high = oracle.get("ci95") or (None, None)
+    side = _interval_word(low, high, 0.5)
+    return [f"- The reward model {'learnt' if side == 'above' else 'did not measurably learn'} the true preferences: "
+            f"it agrees with the oracle on {_rate(oracle)} of held-out pairs."]
+
+
+def difference_verdicts(comparison: list[dict], baseline: str) -> list[str]:
+    """One line per VERDICT_MEASURES row of `comparison`: RLAIF minus its baseline (named
+    `baseline`), paired over the same items."""
+    table = {row["measure"]: row for row in comparison}
+    lines = []
+    for label, unit, name in VERDICT_MEASURES:
+        e = (table.get(label) or {}).get("vs_baseline", {}).get("rlaif")
+        if not e or e["value"] is None:
+            continue
+        side = _interval_word(e["low"], e["high"], 0.0)
+        better = side == ("above" if table[label]["higher_is_better"] else "below")
+        head = "No measurable difference in" if side == "within" else f"RLAIF {'beat' if better else 'fell below'} {baseline} on"
+        lines.append(f"- {head} {name}: {e['value']:+.2f}{_ci(e['low'], e['high'], 2)}{unit} (RLAIF minus {baseline}, paired).")
+    return lines
+
+
+def format_verdicts(run_dir: Path) -> list[str]:
+    """Replies off the asked format: multiple choice naming no option (counted wrong), judge phrasing."""
+    lines = []
+    off = {m: mcq_off_format(run_dir, m) for m in ("sft", "rlaif")}
+    if all(off.values()):
+        lines.append("- Multiple-choice replies that name no option (counted as wrong): "
+                     + ", ".join(f"{name} {_share(*off[m])}" for m, name in (("sft", "SFT"), ("rlaif", "RLAIF"))) + ".")
+    leaks = {m: judge_phrasing(run_dir, m) for m in ("sft", "rlaif")}
+    if all(v is not None for v in leaks.values()):
+        lines.append(f"- Answers with judge phrasing: SFT {leaks['sft'][0]} of {leaks['sft'][1]}, "
+                     f"RLAIF {leaks['rlaif'][0]} of {leaks['rlaif'][1]}.")
+    return lines
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} of {total} ({100 * count / total:.0f}%)" if total else "0 of 0"
+
+
+def mcq_off_format(run_dir: Path, model: str) -> tuple[int, int] | None:
+    """(multiple-choice replies that name no option, replies) of a model's eval."""
     items = _eval_items(run_dir, model, "mcq", "choice")
-    return (sum(j["status"] == "ok" for j in items.values()), len(items)) if items else None
+    return (sum(j["status"] == "invalid" for j in items.values()), len(items)) if items else None
 
 
 def judge_phrasing(run_dir: Path, model: str) -> tuple[int, int] | None:
@@ -206,6 +288,8 @@ def _judge_section(run_dir: Path) -> list[str]:
         return []
     lines = [
         "## 1. Does the clip context make the judge agree with the truth more often?",
+        "",
+        *judge_verdicts(run_dir),
         "",
         f"The SFT model judged the feedback stage's {s['pairs']} pairs of its own sampled answers twice: "
         "reading its own descriptions of the video's clips (the paper's context-aware judge) and without "
@@ -237,7 +321,7 @@ def _judge_section(run_dir: Path) -> list[str]:
             "(`bench/toy_seeds.py --oracle-control`).",
             "",
         ]
-    if _plot_judge(s, run_dir / "judge_context.png"):
+    if plot_judge(s, run_dir / "judge_context.png"):
         lines += ["![judge agreement with the oracle](judge_context.png)", ""]
     return lines
 
@@ -249,6 +333,8 @@ def _feedback_section(run_dir: Path) -> list[str]:
     oracle = (s.get("oracle") or {}).get("kept_labels") or {}
     return [
         "## 2. AI feedback: the preference data",
+        "",
+        *feedback_verdicts(run_dir),
         "",
         f"{s['prompts']} prompts, {s['pairs_judged']} pairs judged; kept {s['pairs_kept']} "
         f"(position policy `{s['position_policy']}`), dropped {s['pairs_inconsistent']} whose two orders "
@@ -269,6 +355,8 @@ def _rm_section(run_dir: Path) -> list[str]:
     return [
         "## 3. Reward model",
         "",
+        *rm_verdicts(run_dir),
+        "",
         f"Trained on {s['train_pairs']} AI-labelled pairs ({s['steps']} steps); on {held.get('pairs', 0)} held-out "
         f"pairs (held out by video) its pairwise accuracy against the AI labels is {_fmt(held.get('accuracy'))}, "
         f"and it agrees with the oracle on {_rate(oracle)} "
@@ -277,15 +365,18 @@ def _rm_section(run_dir: Path) -> list[str]:
     ]
 
 
-def _ppo_section(run_dir: Path) -> list[str]:
+def _ppo_section(run_dir: Path, ppo_comparison: list[dict]) -> list[str]:
     s = _load(run_dir / "ppo" / "summary.json")
     rows = read_metrics(run_dir / "ppo")
     if not s or not rows:
         return []
     first, last = rows[0], rows[-1]
+    lead = difference_verdicts(ppo_comparison, "the initialised policy")
     lines = [
         "## 4. PPO",
         "",
+        *(["What PPO itself changed: the RLAIF policy against the initialised policy it started from, on "
+           "section 5's held-out benchmarks.", "", *lead, ""] if lead else []),
         f"{s['iterations']} iterations over {s['prompts']} RL prompts, after policy initialisation "
         f"({(s.get('init') or {}).get('steps', 0)} steps on the prompts' reference answers).",
         "",
@@ -301,7 +392,7 @@ def _ppo_section(run_dir: Path) -> list[str]:
     ):
         lines.append(f"| {label} | {_fmt(first.get(key))} | {_fmt(last.get(key))} |")
     lines.append("")
-    if _plot_ppo(rows, run_dir / "ppo_curves.png"):
+    if plot_ppo(rows, run_dir / "ppo_curves.png"):
         lines += ["![PPO curves](ppo_curves.png)", ""]
     return lines
 
@@ -347,6 +438,9 @@ def _eval_section(run_dir: Path, s: dict | None, table: list[dict]) -> list[str]
     lines = [
         "## 5. SFT vs RLAIF, measured by the oracle",
         "",
+        *difference_verdicts(table, "SFT"),
+        *format_verdicts(run_dir),
+        "",
         f"Held-out toy videos; answers at temperature {s['generation']['temperature']}; judged by the oracle "
         f"(`{s['judge']['rule']}`). Means with 95% bootstrap intervals; the last columns are paired "
         "differences from SFT over the same items. `policy_init` is the SFT model after the paper's "
@@ -365,108 +459,83 @@ def _eval_section(run_dir: Path, s: dict | None, table: list[dict]) -> list[str]
             e = row["vs_baseline"].get(m)
             cells.append("n/a" if not e or e["value"] is None else f"{e['value']:+.2f}{_ci(e['low'], e['high'], 2)}")
         lines.append(f"| {row['measure']} | " + " | ".join(cells) + " |")
+        if row["measure"] == MCQ_MEASURE:  # next to the accuracy: how many of its replies could not count
+            off = [mcq_off_format(run_dir, m) for m in models]
+            lines.append("| multiple-choice replies naming no option (counted wrong) | "
+                         + " | ".join(_share(*o) if o else "n/a" for o in off) + " |" + " |" * len(others))
     lines += ["", f"Full per-benchmark tables: [eval/results.md](eval/results.md).", ""]
-    if _plot_eval(table, models, run_dir / "eval_scores.png"):
+    if plot_eval(table, models, run_dir / "eval_scores.png", chance_levels(run_dir)):
         lines += ["![SFT vs RLAIF](eval_scores.png)", ""]
     return lines
 
 
-def _samples_section(run_dir: Path, limit: int = 6) -> list[str]:
-    preds = {}
-    for model in ("sft", "rlaif"):
-        path = run_dir / "eval" / "predictions" / model / "qa.jsonl"
-        if not path.exists():
-            return []
-        preds[model] = {r["id"]: r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip())}
-    judged = {m: _eval_items(run_dir, m, "qa", "qa") for m in preds}
-    ids = [i for i in preds["sft"] if i in preds["rlaif"]][:limit]
-    lines = ["## 6. Sample answers (QA set)", "", "| question | SFT | RLAIF |", "|---|---|---|"]
-    for i in ids:
-        cells = []
-        for m in ("sft", "rlaif"):
-            answer = (preds[m][i]["predictions"] or [""])[0].replace("|", "/").replace("\n", " ")
-            mark = "yes" if (judged[m].get(i) or {}).get("yes") else "no"
-            cells.append(f"{answer or '(empty)'} ({mark})")
-        lines.append(f"| {preds['sft'][i]['prompts'][0]} | " + " | ".join(cells) + " |")
-    return lines + [""]
+def _benchmark_items(run_dir: Path, name: str) -> list:
+    """The eval stage's items of one benchmark, from the files its config.yaml names ([] when gone)."""
+    config = yaml.safe_load((run_dir / "eval" / "config.yaml").read_text()) if (run_dir / "eval" / "config.yaml").exists() else {}
+    spec = next((b for b in (config or {}).get("benchmarks") or [] if b.get("name") == name), None)
+    if not spec or not Path(spec["file"]).exists():
+        return []
+    return load_items(spec["kind"], spec["file"], answers_path=spec.get("answers_file"),
+                      video_prefix=spec.get("video_prefix") or "", limit=spec.get("limit"))
 
 
-# ------------------------------------------------------------------ plots
+def chance_levels(run_dir: Path) -> dict[str, tuple[float, str]]:
+    """Accuracy measure -> (level, label) of what guessing gets: multiple choice, one of the
+    item's options at random; QA, always the most common answer of the question's type (over the
+    evaluated items)."""
+    levels = {}
+    mcq = [i for i in _benchmark_items(run_dir, "mcq") if i.candidates]
+    if mcq:
+        levels[MCQ_MEASURE] = (100.0 * sum(1 / len(i.candidates) for i in mcq) / len(mcq), "chance (a random option)")
+    qa = _benchmark_items(run_dir, "qa")
+    if qa:
+        by_type: dict[str, Counter] = {}
+        for item in qa:
+            by_type.setdefault((item.meta.get("toy") or {}).get("qtype", ""), Counter())[item.answer.strip().lower()] += 1
+        majority = sum(counts.most_common(1)[0][1] for counts in by_type.values())
+        levels[QA_MEASURE] = (100.0 * majority / len(qa), "most common answer per question type")
+    return levels
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# Benchmarks the samples come from, and how a judged answer is marked.
+SAMPLE_BENCHMARKS = (("qa", "qa", "QA", lambda j: "right" if j.get("yes") else "wrong"),
+                     ("vcg_generic", "correctness", "descriptions", lambda j: f"{j.get('score')}/5"))
 
 
-def _plot_judge(s: dict, path: Path) -> bool:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    labels, rates, errs = [], [], [[], []]
-    for condition, label in (("context", "with context"), ("no_context", "without context")):
-        m = s[condition]["mean_of_orders"]
-        if m["rate"] is None:
+def _samples_section(run_dir: Path, models: list[str], count: int = 3) -> list[str]:
+    """`count` items per benchmark with every model's answer side by side (with its oracle mark):
+    the first items on which the models do not all answer alike, where they differ being the point."""
+    lines = []
+    for bench, criterion, title, mark in SAMPLE_BENCHMARKS:
+        preds = {m: _predictions(run_dir, m, bench) for m in models}
+        if not models or not all(preds.values()):
             continue
-        labels.append(label)
-        rates.append(m["rate"])
-        low, high = m["ci95"]
-        errs[0].append(m["rate"] - low)
-        errs[1].append(high - m["rate"])
-    if not rates:
-        plt.close(fig)
-        return False
-    ax.bar(labels, rates, yerr=errs, capsize=6, color=["#3b7dd8", "#9aa5b1"][: len(rates)])
-    ax.axhline(0.5, ls="--", c="grey", lw=1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("agreement with the oracle")
-    ax.set_title("Self-judge on its own answer pairs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+        judged = {m: _eval_items(run_dir, m, bench, criterion) for m in models}
+        truth = {item.id: item.answer for item in _benchmark_items(run_dir, bench)}
+        common = [i for i in preds[models[0]] if all(i in preds[m] for m in models)]
+        differing = [i for i in common if len({_answer(preds[m][i]) for m in models}) > 1]
+        ids = (differing + [i for i in common if i not in differing])[:count]
+        lines += [f"| {title}: question | truth | " + " | ".join(models) + " |", "|---" * (2 + len(models)) + "|"]
+        for i in ids:
+            cells = [f"{_answer(preds[m][i]) or '(empty)'} ({mark(judged[m][i]) if i in judged[m] else 'not judged'})" for m in models]
+            question = _cell(preds[models[0]][i]["prompts"][0])
+            lines.append(f"| {question} | {_cell(truth.get(i, '?'))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return ["## 6. Sample answers", "", *lines] if lines else []
 
 
-def _plot_ppo(rows: list[dict], path: Path) -> bool:
-    plt = _pyplot()
-    keys = [("reward_score", "reward model score"), ("reward_shaped", "shaped reward"), ("kl", "KL to reference"),
-            ("response_length", "response length")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
-    steps = [r["step"] for r in rows]
-    for ax, (key, title) in zip(axes, keys):
-        ax.plot(steps, [r.get(key) for r in rows], marker="o", ms=3)
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def _predictions(run_dir: Path, model: str, bench: str) -> dict[str, dict]:
+    path = run_dir / "eval" / "predictions" / model / f"{bench}.jsonl"
+    if not path.exists():
+        return {}
+    rows = (json.loads(x) for x in path.read_text().splitlines() if x.strip())
+    return {r["id"]: r for r in rows if "predictions" in r}  # skipped items have none
 
 
-def _plot_eval(table: list[dict], models: list[str], path: Path) -> bool:
-    if not table:
-        return False
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(table), figsize=(3.2 * len(table), 3.2))
-    axes = axes if len(table) > 1 else [axes]
-    colours = ["#9aa5b1", "#7fb3e0", "#3b7dd8", "#1f4e8c"]
-    for ax, row in zip(axes, table):
-        names, values, errs = [], [], [[], []]
-        for m in models:
-            e = row["models"].get(m)
-            if not e or e["value"] is None:
-                continue
-            names.append(m)
-            values.append(e["value"])
-            errs[0].append(e["value"] - e["low"])
-            errs[1].append(e["high"] - e["value"])
-        ax.bar(names, values, yerr=errs, capsize=4, color=colours[: len(names)])
-        ax.set_title(row["measure"], fontsize=8)
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def _answer(row: dict) -> str:
+    return _cell((row["predictions"] or [""])[0])
+
+
+def _cell(text: str) -> str:
+    """Text that keeps a markdown table's row intact."""
+    return str(text).replace("|", "/").replace("\n", " ").strip()

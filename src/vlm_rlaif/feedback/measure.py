@@ -29,6 +29,7 @@ from vlm_rlaif.feedback.pipeline import (
     FeedbackRunner,
     Pair,
     chunked,
+    chunks_with_progress,
     load_prompts,
     toy_meta,
 )
@@ -64,7 +65,7 @@ def measure_context(config: FeedbackConfig, *, overwrite: bool = False, reuse_fr
     rows = {obj["id"]: obj for _, obj in iter_raw(path, repair=True)} if path.exists() else {}
     new_pairs = 0
     with JsonlWriter(path) as writer:
-        for chunk_index, chunk in enumerate(chunked(prompts, config.chunk_size)):
+        for chunk_index, chunk in enumerate(chunks_with_progress(chunked(prompts, config.chunk_size), "judge context")):
             runner.ensure_candidates(chunk, seed=config.seed * 1_000_003 + chunk_index)
             pairs = [pair for p in chunk for pair in runner.pairs_of(p) if pair.id not in rows]
             if not pairs:
@@ -73,7 +74,7 @@ def measure_context(config: FeedbackConfig, *, overwrite: bool = False, reuse_fr
                 writer.write(row)
                 rows[row["id"]] = row
             new_pairs += len(pairs)
-            log.info("chunk %d: %d pairs judged with and without context", chunk_index, len(pairs))
+            log.debug("chunk %d: %d pairs judged with and without context", chunk_index, len(pairs))  # the bar shows progress
     elapsed = time.perf_counter() - started
     summary = compare_conditions(list(rows.values()))
     summary.update(

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from vlm_rlaif.config import from_dict, to_dict
 from vlm_rlaif.data.jsonio import write_json_array
@@ -318,14 +319,18 @@ def generate(cfg: ToyWorldConfig, out_dir: str | Path, n_videos: int, *, workers
     jobs = [(cfg_dict, str(out_dir), i) for i in range(n_videos)]
     workers = workers or min(os.cpu_count() or 1, 16)
     results: dict[int, dict[str, list[dict]]] = {}
-    if workers <= 1 or n_videos < 8:
-        for job in jobs:
-            index, records = _build_job(job)
-            results[index] = records
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for index, records in pool.map(_build_job, jobs, chunksize=max(1, n_videos // (workers * 8))):
+    # delay: a world made in a second or two (a reused one, a smoke run) shows no bar.
+    with tqdm(total=n_videos, desc="toy world", unit="video", delay=2) as bar:
+        if workers <= 1 or n_videos < 8:
+            for job in jobs:
+                index, records = _build_job(job)
                 results[index] = records
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for index, records in pool.map(_build_job, jobs, chunksize=max(1, n_videos // (workers * 8))):
+                    results[index] = records
+                    bar.update()
 
     counts_files: dict[str, int] = {}
     counts_qtypes: dict[str, dict[str, int]] = {}
