@@ -103,7 +103,7 @@ def test_static_cache_gives_the_same_greedy_output(lm):
     examples = [ask("What colour is the circle in this video?", frames(24), "a"), ask("Hi", frames(5, seed=5), "b")]
     caches = []
     hook = lm.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: caches.append(type(kwargs.get("cache")).__name__), with_kwargs=True
+        lambda module, args, kwargs: caches.append(type(kwargs.get("cache", kwargs.get("past_key_values"))).__name__), with_kwargs=True
     )
     try:
         dynamic = lm.generate(examples, GenerationSettings(max_new_tokens=12, temperature=0))

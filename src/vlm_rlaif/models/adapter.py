@@ -151,6 +151,8 @@ class VideoLM:
     model_types: ClassVar[tuple[str, ...]] = ()
     unquantized_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
 
+    features_input_supported = True  # the forward takes cached pooled features (see _takes_features)
+
     def __init__(self, model: nn.Module, processor, feature_cache: FeatureCache | bool = True):
         # Nothing trains until a stage says so (set_trainable or add_lora): inference, feature caching
         # and the reference policy are then safe by default.
@@ -347,12 +349,13 @@ class VideoLM:
         for i, example in enumerate(examples):
             if id(example) not in done:
                 where = _where(i, example)
-                if mode == "features":
+                if self._takes_features(mode):
                     done[id(example)] = self._features_for(example, where)
                 elif example.video is not None:
                     done[id(example)] = self._preprocess(example.video, where)
                 elif example.video_key is not None:
-                    raise ModelInputError(f"{where}: frames are needed (the visual path trains) but video is None")
+                    why = "the visual path trains" if mode == "frames" else "this transformers cannot take cached features"
+                    raise ModelInputError(f"{where}: frames are needed ({why}) but video is None; pass the frames too")
                 else:
                     done[id(example)] = None
             items.append(done[id(example)])
@@ -451,7 +454,7 @@ class VideoLM:
             if item is None:
                 num_tokens = None
             else:
-                num_tokens = item.shape[0] if mode == "features" else self.num_video_tokens(example.video)
+                num_tokens = item.shape[0] if self._takes_features(mode) else self.num_video_tokens(example.video)
             ids, row_labels = self._encode(example, num_tokens, add_generation_prompt, assistant_prefix, where)
             if max_new_tokens is not None:
                 self.check_prompt_length(example, max_new_tokens, where, tokens=len(ids))
@@ -533,7 +536,12 @@ class VideoLM:
         present = [item for item in items if item is not None]
         if not present:
             return {}
-        return self._features_inputs(present) if mode == "features" else self._frames_inputs(present)
+        return self._features_inputs(present) if self._takes_features(mode) else self._frames_inputs(present)
+
+    def _takes_features(self, mode: str) -> bool:
+        """Whether a "features" batch really carries pooled features: a model whose forward cannot take
+        them (HF-native families on transformers < 5.2x) gets the frames, and re-encodes them."""
+        return mode == "features" and self.features_input_supported
 
     # ---------------------------------------------------------------- forward passes
 
@@ -720,7 +728,11 @@ class VideoLM:
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each layer's activations in the backward pass: far less memory, about a third
         more compute (non-reentrant, so frozen embeddings under LoRA need no special care)."""
-        self.base_model.activation_checkpointing_enable()
+        model = self.base_model
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable()
+        else:  # transformers < 5.2x: the older name
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def frozen_copy(self) -> VideoLM:
         """A frozen, eval-mode copy (the reference policy under full fine-tuning); shares the

@@ -5,7 +5,8 @@ AutoProcessor behind the VideoLM interface.
 - Frames go through the stock video processor and the model's own forward (`pixel_values_videos`).
 - Cached pooled features go in through transformers' `mm_encoder_outputs` (precomputed encoder
   outputs, which forward and generate accept and which generate drops after the prefill), so the
-  frozen visual path runs once per video.
+  frozen visual path runs once per video. transformers before 5.2x has no such input: there every
+  pass re-encodes its frames (correct, slower; features_input_supported is False).
 - A parameterless `VideoEntry` module is called once per forward that carries a video, either way:
   the "splice" probe of count_visual_calls.
 """
@@ -13,6 +14,7 @@ AutoProcessor behind the VideoLM interface.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from typing import ClassVar
 
@@ -60,6 +62,7 @@ class HFNativeVideoLM(VideoLM):
         if not isinstance(getattr(inner, "video_entry", None), VideoEntry):
             inner.video_entry = VideoEntry()
             inner.register_forward_pre_hook(inner.video_entry.on_model_forward, with_kwargs=True)
+        self.features_input_supported = "mm_encoder_outputs" in inspect.signature(type(self.base_model).forward).parameters
         self.codec = ChatTemplateCodec(processor, processor.video_token, self.video_token_id)
         self._check_parts()
 

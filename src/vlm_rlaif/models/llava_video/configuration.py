@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 # Our own model_type: prefixed so it can never collide with a model type transformers adds later.
 MODEL_TYPE = "vlm_rlaif_llava_video"
@@ -21,6 +20,31 @@ POOLING_TYPES = ("spatiotemporal", "none")
 def video_token_count(num_frames: int, patches_per_frame: int, pooling: str) -> int:
     """How many visual tokens a video of `num_frames` frames becomes (T + P pooled, T * P for "none")."""
     return num_frames * patches_per_frame if pooling == "none" else num_frames + patches_per_frame
+
+
+# The paper's 7B shapes: CLIP ViT-L/14 at 336 px; Vicuna's 32,000 tokens plus `<video>` (id 32000).
+VISION_DEFAULTS = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+}
+TEXT_DEFAULTS = {"vocab_size": 32001}
+
+
+def _sub_config(value, model_type: str, defaults: dict) -> PreTrainedConfig:
+    """A sub-config from a dict (its model_type, else `model_type`), None (the defaults) or a config."""
+    from transformers import CONFIG_MAPPING
+
+    if value is None:
+        return CONFIG_MAPPING[model_type](**defaults)
+    if isinstance(value, dict):
+        value = dict(value)
+        return CONFIG_MAPPING[value.pop("model_type", model_type)](**value)
+    return value
 
 
 @strict
@@ -37,23 +61,9 @@ class LlavaVideoConfig(PreTrainedConfig):
     """
 
     model_type = MODEL_TYPE
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1024,
-                "intermediate_size": 4096,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 336,
-                "projection_dim": 768,
-            },
-        ),
-        # Vicuna's 32,000 tokens plus `<video>` (id 32000).
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32001}),
-    }
+    # The plain `sub_configs` mapping (filled in __post_init__) works on every transformers 5.x;
+    # `sub_configs_defaults` / SubConfigSpec exist only from 5.2x.
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -64,6 +74,8 @@ class LlavaVideoConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        self.vision_config = _sub_config(self.vision_config, "clip_vision_model", VISION_DEFAULTS)
+        self.text_config = _sub_config(self.text_config, "llama", TEXT_DEFAULTS)
         super().__post_init__(**kwargs)
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type {self.projector_type!r} is not one of {PROJECTOR_TYPES}")

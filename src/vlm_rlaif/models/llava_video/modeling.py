@@ -16,9 +16,12 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 
 from vlm_rlaif.models.llava_video.configuration import LlavaVideoConfig
+
+# transformers 5.2x renamed the KV cache's argument and output field `past_key_values` to `cache`;
+# the forwards take either name and hand the cache on under the installed version's.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class VideoProjector(nn.Module):
@@ -125,6 +128,7 @@ class LlavaVideoModel(LlavaVideoPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_num_frames: torch.Tensor | list[int] | None = None,
@@ -160,9 +164,9 @@ class LlavaVideoModel(LlavaVideoPreTrainedModel):
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache if cache is not None else past_key_values},
             **kwargs,
         )
 
@@ -193,6 +197,7 @@ class LlavaVideoForCausalLM(LlavaVideoPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_num_frames: torch.Tensor | list[int] | None = None,
@@ -211,7 +216,7 @@ class LlavaVideoForCausalLM(LlavaVideoPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             pixel_values_videos=pixel_values_videos,
             video_num_frames=video_num_frames,
@@ -220,7 +225,9 @@ class LlavaVideoForCausalLM(LlavaVideoPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+        # 0 keeps every position; n the last n (generate asks for 1); a tensor names the positions.
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, kept, :])
 
         loss = None
         if labels is not None:
@@ -230,9 +237,9 @@ class LlavaVideoForCausalLM(LlavaVideoPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
