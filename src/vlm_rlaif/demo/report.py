@@ -114,9 +114,11 @@ def _header(run_dir: Path, results: list | None, *, quick: bool, seed: int | Non
     made = stage_seconds(run_dir, results)
     reused = [r.name for r in results if r.status == "reused"]
     worked = [f"{r.name} ({r.status})" for r in results if r.status != "reused"]
+    unknown = [name for name, value in made.items() if value is None]
     # Times carry the word "seconds": the fresh-process determinism test leaves such lines out.
     lines += [
-        f"Making these stages took {_seconds(sum(made.values()))} seconds in all"
+        f"Making these stages took {_seconds(sum(v for v in made.values() if v is not None))} seconds in all"
+        + (f" (not counting {', '.join(unknown)}: made by an invocation that was interrupted)" if unknown else "")
         + (f"; this invocation took {_seconds(seconds)} seconds" if seconds is not None else "")
         + (f", reused {', '.join(reused)}" if reused else "")
         + (f" and did {', '.join(worked)}" if worked else "") + ".",
