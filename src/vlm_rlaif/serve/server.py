@@ -292,12 +292,13 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, payload: dict) -> None:
         data = json.dumps(payload).encode()
+        # Logged before the reply leaves: once it has, the client may act on it (and read the log).
+        log.info("%s", request_line(self.command, self.path, status, payload, time.perf_counter() - self.started))
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        log.info("%s", request_line(self.command, self.path, status, payload, time.perf_counter() - self.started))
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
