@@ -1,5 +1,5 @@
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import yaml
@@ -50,6 +50,38 @@ def test_unfinished_run_resumes_with_same_config_only(tmp_path):
         RunDir.open(tmp_path, "ppo", Cfg(steps=11), seed=0)
     with pytest.raises(RunDirError, match="holds a 'ppo' run, not a 'sft' run"):
         RunDir.open(tmp_path, "sft", Cfg(), seed=0)
+
+
+@dataclass
+class Inner:
+    engine: str = "hf"
+    server: dict | None = None
+
+
+@dataclass
+class Grown:
+    """Cfg after a later version of the code added options (old behaviour at their defaults)."""
+
+    lr: float = 1e-3
+    steps: int = 10
+    runtime: Inner = field(default_factory=Inner)
+
+
+def test_options_added_later_count_as_their_default(tmp_path):
+    # A run made before `runtime` existed resumes under the grown config while the new keys keep
+    # their defaults; a non-default value is a change. The pipeline's reuse check reads the same way.
+    RunDir.open(tmp_path, "ppo", Cfg(), seed=0).log_metrics(1, reward=0.1)
+    assert RunDir.open(tmp_path, "ppo", Grown(), seed=0).resumed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"lr": 1e-3, "steps": 10, "runtime": {"engine": "hf"}}))
+    assert RunDir.open(tmp_path, "ppo", Grown(), seed=0).resumed  # a sub-key added later, too
+    with pytest.raises(RunDirError, match="changed: runtime.engine"):
+        RunDir.open(tmp_path, "ppo", Grown(runtime=Inner(engine="openai")), seed=0)
+    RunDir.open(tmp_path / "done", "ppo", Cfg(), seed=0).finish({})
+    from vlm_rlaif.pipeline import _status
+
+    assert _status(tmp_path / "done", "ppo", Grown(), redo=False) == "reused"
+    with pytest.raises(RunDirError, match="changed: runtime.engine"):
+        _status(tmp_path / "done", "ppo", Grown(runtime=Inner(engine="openai")), redo=False)
 
 
 def test_foreign_directory_refused(tmp_path):

@@ -206,13 +206,12 @@ def _status(directory: Path, stage: str, config: Any, redo: bool) -> str:
     error: silently reusing it would mix two experiments."""
     from vlm_rlaif.config import to_dict
     from vlm_rlaif.errors import RunDirError
-    from vlm_rlaif.rundir import changed_keys
+    from vlm_rlaif.rundir import changed_keys, saved_config
 
     if redo and directory.exists():
         return "redone"
     if (directory / "summary.json").exists():
-        saved = yaml.safe_load((directory / "config.yaml").read_text())
-        changed = changed_keys(saved, to_dict(config))
+        changed = changed_keys(saved_config(directory, config), to_dict(config))
         if changed:
             raise RunDirError(
                 f"stage {stage} in {directory} finished with a different config (changed: "

@@ -139,8 +139,7 @@ class RunDir:
                     raise RunDirError(
                         f"{path} holds a '{info.get('stage')}' run, not a '{stage}' run"
                     )
-                saved = yaml.safe_load((path / "config.yaml").read_text())
-                changed = changed_keys(saved, cfg)
+                changed = changed_keys(saved_config(path, config), cfg)
                 if changed:
                     raise RunDirError(
                         f"{path} holds an unfinished run with a different config "
@@ -260,6 +259,24 @@ def drop_rows_after(path: Path, key: str, value: int) -> None:
 # Top-level config sections that do not change what a run computes: a run may resume, or a pipeline
 # reuse a finished stage, with other values (e.g. dashboards turned on after the run started).
 NOT_COMPARED = ("logging",)
+
+
+def saved_config(directory: Path, config: Any) -> dict:
+    """A run directory's config.yaml, with the keys it lacks filled in from `config`'s class defaults:
+    a key added to the code after the run was made ran as its default (new options default to the
+    old behaviour), so it does not count as a change."""
+    saved = yaml.safe_load((Path(directory) / "config.yaml").read_text()) or {}
+    try:
+        defaults = to_dict(type(config)())
+    except Exception:  # a config class whose fields have no defaults: compare as saved
+        return saved
+    return _fill_missing(saved, defaults)
+
+
+def _fill_missing(saved: Any, defaults: Any) -> Any:
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    return {**defaults, **{k: _fill_missing(v, defaults.get(k)) for k, v in saved.items()}}
 
 
 def changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
