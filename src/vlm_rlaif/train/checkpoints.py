@@ -5,6 +5,9 @@ A checkpoint is a directory <prefix><N:08d>/ holding:
     optimizer.pt, scheduler.pt
     rng_<rank>.pt           every process's RNG state (python, numpy, torch, cuda)
     state.json              the trainer's counters and the layout a resume must match
+A sharded checkpoint (FSDP2, train/sharding.py) holds accelerate's save_state folders instead of
+trainable.safetensors and optimizer.pt: every process writes its shards of the model and the
+optimizer (torch.distributed.checkpoint), and a resume needs the same number of processes.
 It is written under <name>.partial and renamed when complete, so a kill mid-write leaves the
 previous checkpoint usable; only the newest `keep` complete ones are kept.
 """
@@ -74,9 +77,12 @@ def save_checkpoint(
     state: dict,
     keep: int,
     accelerator,
+    *,
+    sharded: bool = False,
 ) -> Path:
     """Write checkpoint `number` and prune all but the newest `keep`. Every process calls this (each
-    saves its RNG state); the main process writes the rest."""
+    saves its RNG state); the main process writes the rest. sharded: the model and optimizer were
+    prepared by accelerate for FSDP2; every process writes its shards through save_state."""
     final = directory / f"{prefix}{number:08d}"
     partial = directory / (final.name + PARTIAL_SUFFIX)
     main = accelerator.is_main_process
@@ -85,11 +91,14 @@ def save_checkpoint(
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), partial / f"rng_{accelerator.process_index}.pt")
+    if sharded:
+        accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if main:
-        weights = {name: p.detach().cpu().contiguous() for name, p in parameters.items()}
-        save_file(weights, partial / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        if not sharded:
+            weights = {name: p.detach().cpu().contiguous() for name, p in parameters.items()}
+            save_file(weights, partial / "trainable.safetensors")
+            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         (partial / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
@@ -110,23 +119,28 @@ def load_checkpoint(
     rank: int,
     *,
     inputs: str,
+    accelerator=None,
 ) -> dict:
     """Restore a checkpoint written by save_checkpoint into `parameters` (by name), the optimizer,
     the scheduler and this process's RNG; returns its state.json. `expected` holds the state keys
-    that must match for the same run to continue (`inputs` names what they describe, for the error)."""
+    that must match for the same run to continue (`inputs` names what they describe, for the error).
+    accelerator: a sharded checkpoint's; every process loads its shards through load_state."""
     state = json.loads((path / "state.json").read_text())
     changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
     if changed:
         details = ", ".join(f"{k}: checkpoint {old}, now {new}" for k, (old, new) in changed.items())
         raise UserError(f"{path}: cannot resume, the {inputs} or process layout changed ({details})")
-    weights = load_file(path / "trainable.safetensors")
-    missing = sorted(set(parameters) - set(weights))
-    if missing:
-        raise UserError(f"{path}: the checkpoint lacks trainable parameters, e.g. {missing[:3]}")
-    with torch.no_grad():
-        for name, p in parameters.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if accelerator is not None:
+        accelerator.load_state(str(path))
+    else:
+        weights = load_file(path / "trainable.safetensors")
+        missing = sorted(set(parameters) - set(weights))
+        if missing:
+            raise UserError(f"{path}: the checkpoint lacks trainable parameters, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for name, p in parameters.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng_{rank}.pt"
     if rng_file.is_file():

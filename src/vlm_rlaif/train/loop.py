@@ -19,11 +19,20 @@ caller's loss_fn reaches the model through its own adapter methods, which a wrap
 intercept). A 1-process run with grad_accum=2 and a 2-process run with grad_accum=1 therefore take
 the same steps. Launch with `accelerate launch --multi_gpu --num_processes N ...` (torchrun; on a
 machine without GPUs the N processes run on the CPU with gloo; `--cpu` alone starts one process).
-FSDP and DeepSpeed ZeRO are not supported: they need the forward to run through their wrapper.
+
+FSDP2 (`accelerate launch --config_file recipes/accelerate/fsdp2-8gpu.yaml`, train/sharding.py):
+the model is sharded by accelerate (one unit per decoder layer) inside a root module whose forward is
+the loss function, and `keep_whole` modules (the trainers' visual path) stay whole. FSDP2 averages the
+gradients itself; each process still takes the same micro-batches as above, and one with fewer in a
+step (the last step of a pass) runs an extra one with weight 0, because every process must run the
+same forwards. Checkpoints hold sharded state (accelerate's save_state: torch.distributed.checkpoint)
+and `TrainResult.consolidated` is the trained model with full weights on the main process, which the
+trainers save as usual. DeepSpeed is refused.
 
 Checkpoints: <run>/checkpoints/step_<N>/ holds trainable.safetensors (the requires_grad parameters by
 name: a LoRA adapter and whatever else trains, or the full weights), optimizer.pt, scheduler.pt,
-rng_<rank>.pt and state.json (step, number of micro-batches, processes, grad_accum). A checkpoint is
+rng_<rank>.pt and state.json (step, number of micro-batches, processes, grad_accum); under FSDP2
+accelerate's sharded model and optimizer folders replace the first two. A checkpoint is
 written under a temporary name and renamed when complete, so a kill mid-write leaves the previous one
 usable. `train` resumes from the newest complete checkpoint and, with the same batches, ends with the
 same weights as an uninterrupted run (bitwise on CPU).
@@ -31,6 +40,7 @@ same weights as an uninterrupted run (bitwise on CPU).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,8 +55,9 @@ from tqdm.auto import tqdm
 
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.rundir import RunDir, drop_rows_after
-from vlm_rlaif.train import checkpoints, collectives
+from vlm_rlaif.train import checkpoints, collectives, sharding
 
+log = logging.getLogger(__name__)
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT_PREFIX = "step_"
 
@@ -104,6 +115,9 @@ class TrainResult:
     train_metrics: means over the last logged window (loss and loss_fn's metrics).
     eval_history: (step, metrics) for every evaluation, the one before training (step 0) included
         unless the run resumed.
+    consolidated: under FSDP2, on the main process, a copy of the model with the trained full
+        weights on the CPU (the model itself stays sharded); None otherwise.
+    peak_memory_bytes: torch.cuda.max_memory_allocated on this process's GPU (None on the CPU).
     """
 
     steps: int
@@ -111,6 +125,8 @@ class TrainResult:
     train_metrics: dict[str, float]
     eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     seconds: float = 0.0
+    consolidated: nn.Module | None = None
+    peak_memory_bytes: int | None = None
 
     @property
     def final_eval(self) -> dict[str, float]:
@@ -139,11 +155,13 @@ def train(
     run: RunDir | None = None,
     accelerator: Accelerator | None = None,
     desc: str = "train",
+    keep_whole: Sequence[nn.Module] = (),
 ) -> TrainResult:
     """Train `model`'s requires_grad parameters on `batches` (see the module docstring).
 
     run: where metrics (main process) and checkpoints go; a run directory holding checkpoints
         resumes from the newest one. Without it nothing is written.
+    keep_whole: submodules FSDP2 leaves unsharded on every process (ignored without FSDP2).
     """
     accelerator = accelerator or accelerator_for(settings)
     if len(batches) == 0:
@@ -157,7 +175,25 @@ def train(
 
     torch.manual_seed(settings.seed)
     _broadcast_from_main(params, world)  # every process starts from the same weights
+    sharded = sharding.is_sharded(accelerator)
+    _report_expected_memory(model, keep_whole, accelerator, sharded)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
+    skeleton = None
+    if sharded:
+        skeleton = sharding.meta_copy(model) if accelerator.is_main_process else None
+        accelerator.state.fsdp_plugin.ignored_modules = list(keep_whole) or None
+        root, optimizer = accelerator.prepare(sharding.LossRoot(model, loss_fn), optimizer)
+        params = [p for p in root.parameters() if p.requires_grad]
+        sharded_params, whole_params = sharding.split_parameters(params)
+
+        def compute(batch):  # through the root, so FSDP2 gathers what the loss reaches
+            loss, metrics = root(batch)
+            return loss, {k: v for k, v in metrics.items() if k != "loss"}, metrics["loss"]
+    else:
+
+        def compute(batch):
+            loss, metrics = loss_fn(batch)
+            return loss, metrics, loss.item()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings, total_steps))
 
     checkpoints = run.path / "checkpoints" if run is not None else None
@@ -165,7 +201,9 @@ def train(
     if checkpoints is not None:
         latest = latest_checkpoint(checkpoints)
         if latest is not None:
-            resumed_from = _load_checkpoint(latest, model, optimizer, scheduler, len(batches), settings, world, rank)
+            resumed_from = _load_checkpoint(
+                latest, model, optimizer, scheduler, len(batches), settings, accelerator, sharded
+            )
         if accelerator.is_main_process:
             # Every step after the checkpoint is redone and logged again; without a checkpoint that is
             # all of them, the evaluation at step 0 included.
@@ -173,7 +211,7 @@ def train(
     start_step = resumed_from or 0
 
     def evaluate(step: int, history: list) -> None:
-        metrics = _evaluate(model, loss_fn, eval_batches, accelerator)
+        metrics = _evaluate(model, compute, eval_batches, accelerator, sharded)
         history.append((step, metrics))
         if run is not None and accelerator.is_main_process:
             run.log_metrics(step, **{f"eval_{k}": v for k, v in metrics.items()})
@@ -198,21 +236,31 @@ def train(
             positions = [(first + i) % len(batches) for i in range(per_step)]
         else:
             positions = list(range(first, min(first + per_step, len(batches))))
-        for slot in range(rank, len(positions), world):
-            batch = batches[positions[slot]]
+        slots = list(range(rank, len(positions), world))
+        # FSDP2: every process runs as many forwards as the busiest; an extra one counts 0.
+        extra = math.ceil(len(positions) / world) - len(slots) if sharded else 0
+        for slot in slots + [None] * extra:
+            batch = batches[positions[0 if slot is None else slot]]
             with accelerator.autocast():
-                loss, metrics = loss_fn(batch)
+                loss, metrics, loss_value = compute(batch)
+            if slot is None:
+                (loss * 0).backward()
+                continue
             loss.backward()
             window["tokens"] = window.get("tokens", 0.0) + _count_tokens(batch)
-            window["loss"] = window.get("loss", 0.0) + loss.item()
+            window["loss"] = window.get("loss", 0.0) + loss_value
             for key, value in metrics.items():
                 window[key] = window.get(key, 0.0) + float(value)
             window_count += 1
-        _sum_gradients(params, world)
-        for p in params:
-            if p.grad is not None:
-                p.grad.div_(len(positions))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
+        if sharded:
+            sharding.finish_gradients(sharded_params, whole_params, world, len(positions))
+            grad_norm = sharding.clip_gradients(sharded_params, whole_params, settings.max_grad_norm)
+        else:
+            _sum_gradients(params, world)
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(len(positions))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -236,18 +284,42 @@ def train(
         if eval_batches and settings.eval_every and done % settings.eval_every == 0 and done < total_steps:
             evaluate(done, eval_history)
         if checkpoints is not None and settings.save_every and (done % settings.save_every == 0 or done == total_steps):
-            save_checkpoint(checkpoints, done, model, optimizer, scheduler, len(batches), settings, accelerator)
+            save_checkpoint(
+                checkpoints, done, model, optimizer, scheduler, len(batches), settings, accelerator, sharded=sharded
+            )
     progress.close()
 
     if eval_batches:
         evaluate(total_steps, eval_history)
+    peak = None
+    if accelerator.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(accelerator.device)
+        accelerator.print(f"{desc}: peak GPU memory allocated {peak / sharding.GIB:.2f} GiB (process 0)")
+        if run is not None and accelerator.is_main_process:
+            run.log_metrics(total_steps, peak_memory_gib=round(peak / sharding.GIB, 3))
     return TrainResult(
         steps=total_steps,
         resumed_from_step=resumed_from,
         train_metrics=train_metrics,
         eval_history=eval_history,
         seconds=time.time() - started,
+        consolidated=sharding.consolidate(accelerator, root, skeleton) if sharded else None,
+        peak_memory_bytes=peak,
     )
+
+
+def _report_expected_memory(model: nn.Module, keep_whole, accelerator: Accelerator, sharded: bool) -> None:
+    """Print (main process) the expected memory per GPU of parameters, gradients and AdamW state."""
+    offload = upcast = False
+    if sharded:
+        plugin = accelerator.state.fsdp_plugin
+        offload = plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
+        upcast = accelerator.mixed_precision != "no"  # accelerate keeps fp32 master weights then
+    estimate = sharding.model_memory(
+        model, keep_whole if sharded else (), accelerator.num_processes, sharded=sharded, upcast=upcast, offload=offload
+    )
+    accelerator.print(estimate.describe())
+    log.info(estimate.describe())
 
 
 # ---------------------------------------------------------------------------- optimisation
@@ -319,16 +391,22 @@ def _count_tokens(batch: Any) -> int:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loss_fn: LossFn, batches: Sequence, accelerator: Accelerator) -> dict[str, float]:
-    """Mean loss and metrics over the eval batches, each process taking every num_processes-th one."""
+def _evaluate(model: nn.Module, compute, batches: Sequence, accelerator: Accelerator, sharded: bool) -> dict[str, float]:
+    """Mean loss and metrics over the eval batches, each process taking every num_processes-th one
+    (under FSDP2 a process with fewer runs one more forward, not counted: see the module docstring)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     count = 0
-    for index in range(accelerator.process_index, len(batches), accelerator.num_processes):
+    world = accelerator.num_processes
+    mine = list(range(accelerator.process_index, len(batches), world))
+    extra = math.ceil(len(batches) / world) - len(mine) if sharded else 0
+    for index in mine + [None] * extra:
         with accelerator.autocast():
-            loss, metrics = loss_fn(batches[index])
-        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            _, metrics, loss_value = compute(batches[0 if index is None else index])
+        if index is None:
+            continue
+        sums["loss"] = sums.get("loss", 0.0) + loss_value
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         count += 1
@@ -358,26 +436,34 @@ def save_checkpoint(
     num_batches: int,
     settings: TrainSettings,
     accelerator: Accelerator,
+    *,
+    sharded: bool = False,
 ) -> Path:
-    """Write checkpoint `step` (all processes call this; each saves its RNG state) and prune old ones."""
+    """Write checkpoint `step` (all processes call this; each saves its RNG state) and prune old ones.
+    sharded: the model and optimizer went through accelerate's FSDP2 prepare (sharded state)."""
     state = {
         "step": step,
         "num_batches": num_batches,
         "num_processes": accelerator.num_processes,
         "grad_accum": settings.grad_accum,
     }
+    if sharded:  # a data-parallel run cannot resume from shards (nor the reverse)
+        state["sharded"] = True
     return checkpoints.save_checkpoint(
         directory, CHECKPOINT_PREFIX, step, _trainable_parameters(model), optimizer, scheduler, state,
-        settings.keep_checkpoints, accelerator,
+        settings.keep_checkpoints, accelerator, sharded=sharded,
     )
 
 
 def _load_checkpoint(
-    path: Path, model: nn.Module, optimizer, scheduler, num_batches: int, settings: TrainSettings, world: int, rank: int
+    path: Path, model: nn.Module, optimizer, scheduler, num_batches: int, settings: TrainSettings, accelerator, sharded: bool
 ) -> int:
+    world, rank = accelerator.num_processes, accelerator.process_index
     expected = {"num_batches": num_batches, "num_processes": world, "grad_accum": settings.grad_accum}
+    expected["sharded"] = True if sharded else None
     state = checkpoints.load_checkpoint(
-        path, _trainable_parameters(model), optimizer, scheduler, expected, rank, inputs="data"
+        path, _trainable_parameters(model), optimizer, scheduler, expected, rank, inputs="data",
+        accelerator=accelerator if sharded else None,
     )
     return int(state["step"])
 
