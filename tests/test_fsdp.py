@@ -1,7 +1,7 @@
 """FSDP2 through accelerate (train/sharding.py, train/loop.py): the expected memory per GPU, and 2
 CPU processes (gloo) sharding the tiny llava-video model with the shipped FSDP2 config, against one
-process: loss and weights, full and LoRA fine-tuning, a killed run resumed from sharded checkpoints,
-the consolidated model loaded with from_pretrained.
+process: loss and weights of full fine-tuning (a killed run resumed from sharded checkpoints, the
+consolidated model loaded with from_pretrained) and of the rm stage with LoRA and its scalar head.
 
 torch's fully_shard runs on CPU with gloo, but accelerate turns FSDP on only for GPU processes; the
 driver's CPU_SHIM (test-only) makes accelerate treat its gloo CPU processes like GPU ones, so the
@@ -50,12 +50,9 @@ def test_expected_memory_of_lora_with_a_whole_vision_tower():
         expected_memory(tensors, 0, sharded=True, upcast=False)
 
 
-DRIVER = textwrap.dedent(
+CPU_SHIM = textwrap.dedent(
     """
-    import json, os, signal, sys
-    from pathlib import Path
-
-    import torch
+    import os
 
     if os.environ.get("CPU_SHIM") == "1":  # test-only: accelerate's FSDP path on gloo CPU processes
         from accelerate.state import PartialState
@@ -69,25 +66,30 @@ DRIVER = textwrap.dedent(
 
         PartialState._prepare_backend = on_cpu
         os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
+    """
+)
+
+DRIVER = CPU_SHIM + textwrap.dedent(
+    """
+    import json, signal, sys
+    from pathlib import Path
+
+    import torch
 
     from vlm_rlaif.data.frames import FrameSampling, FrameStore
-    from vlm_rlaif.models.lora import LoraSettings
     from vlm_rlaif.models.registry import load_adapter_model
     from vlm_rlaif.rundir import RunDir
     from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan, read_instruction_file
     from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train
     from vlm_rlaif.train.sft import make_sft_loss
 
-    root, out, method, grad_accum, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    root, out, grad_accum, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     settings = TrainSettings(batch_size=2, grad_accum=grad_accum, lr=1e-3, schedule="cosine", save_every=1,
                              keep_checkpoints=1)
     accelerator = accelerator_for(settings)
     lm = load_adapter_model(root / "base", device=accelerator.device)
-    if method == "lora":
-        torch.manual_seed(0)
-        lm.add_lora("sft", LoraSettings(r=4, alpha=8, targets="attn_mlp", train_projector=True))
-    else:  # the vision tower trains too (as in the toy recipe): kept whole, its gradients summed
-        lm.set_trainable(language_model=True, projector=True, vision_tower=True)
+    # Full fine-tuning; the vision tower trains too (as in the toy recipe): kept whole, its gradients summed.
+    lm.set_trainable(language_model=True, projector=True, vision_tower=True)
     dataset = InstructionDataset(read_instruction_file(root / "sft.json"), FrameStore(root, FrameSampling(8, 4)))
     sft_loss = make_sft_loss(lm)
     calls = []
@@ -109,8 +111,6 @@ DRIVER = textwrap.dedent(
     if result.consolidated is not None:
         lm.model = result.consolidated
     if accelerator.is_main_process:
-        if method == "lora":
-            lm.merge_lora()
         lm.save(out / "model")
         info = {"world": accelerator.num_processes, "sharded": result.consolidated is not None,
                 "loss": result.train_metrics["loss"], "eval_loss": result.final_eval["loss"],
@@ -143,16 +143,16 @@ def world(tmp_path_factory):
     return root
 
 
-def run_driver(root: Path, out: Path, method: str, *, sharded: bool, kill_at: int = 0) -> subprocess.CompletedProcess:
+def run_driver(root: Path, out: Path, *, sharded: bool, kill_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     if sharded:
         env["CPU_SHIM"] = "1"
         # The shipped config, with 2 processes and fp32 (bf16 is checked on GPUs).
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG),
                    "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29531",
-                   str(root / "driver.py"), str(root), str(out), method, "1", str(kill_at)]
+                   str(root / "driver.py"), str(root), str(out), "1", str(kill_at)]
     else:  # one process, 2 micro-batches per step: the same steps as 2 processes with 1 each
-        command = [sys.executable, str(root / "driver.py"), str(root), str(out), method, "2", str(kill_at)]
+        command = [sys.executable, str(root / "driver.py"), str(root), str(out), "2", str(kill_at)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -165,17 +165,17 @@ def assert_same_model(a: Path, b: Path, changed_from: Path, min_changed: int) ->
 
 
 def test_fsdp2_full_fine_tuning_killed_and_resumed_matches_one_process(world):
-    single = run_driver(world, world / "full-single", "full", sharded=False)
+    single = run_driver(world, world / "full-single", sharded=False)
     assert single.returncode == 0, single.stderr[-3000:]
 
     # Killed in step 3 (each process's 3rd training micro-batch): the newest checkpoint is step 2, sharded.
     out = world / "full-fsdp"
-    killed = run_driver(world, out, "full", sharded=True, kill_at=3)
+    killed = run_driver(world, out, sharded=True, kill_at=3)
     assert killed.returncode != 0
     checkpoint = out / "checkpoints" / "step_00000002"
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "optimizer_0").is_dir()
     assert not (checkpoint / "trainable.safetensors").exists() and not (out / "model").exists()
-    resumed = run_driver(world, out, "full", sharded=True)
+    resumed = run_driver(world, out, sharded=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "expected memory per GPU (FSDP2 over 2 processes)" in resumed.stdout
 
@@ -199,15 +199,79 @@ def test_fsdp2_full_fine_tuning_killed_and_resumed_matches_one_process(world):
     assert load_adapter_model(out / "model").family == "llava-video"
 
 
-def test_fsdp2_lora_matches_one_process(world):
-    single = run_driver(world, world / "lora-single", "lora", sharded=False)
-    assert single.returncode == 0, single.stderr[-3000:]
-    sharded = run_driver(world, world / "lora-fsdp", "lora", sharded=True)
-    assert sharded.returncode == 0, sharded.stderr[-3000:]
-    info = json.loads((world / "lora-fsdp" / "result.json").read_text())
-    reference = json.loads((world / "lora-single" / "result.json").read_text())
-    assert info["sharded"] and info["loss"] == pytest.approx(reference["loss"], rel=1e-4)
-    assert info["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-4)
-    # The merged model: LoRA folded into the base weights (the attention and MLP matrices changed).
-    # 4 layers x 7 matrices with an adapter, and the projector.
-    assert_same_model(world / "lora-fsdp" / "model", world / "lora-single" / "model", world / "base", 28)
+RM_DRIVER = CPU_SHIM + textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    from vlm_rlaif.config import from_dict
+    from vlm_rlaif.train.rm import RMConfig, run_rm
+
+    config = json.loads(Path(sys.argv[1]).read_text())
+    config["train"]["grad_accum"] = int(sys.argv[2])
+    run_rm(from_dict(RMConfig, config))
+    """
+)
+
+
+def test_fsdp2_reward_model_with_lora_matches_one_process(tmp_path):
+    """The rm stage: a LoRA adapter on the sharded backbone and the scalar head in the root unit,
+    saved from the consolidated model and scoring the held-out pairs like one process does."""
+    from colour_pairs import write_colour_pairs
+
+    from vlm_rlaif.models import build_tiny_model, train_tokenizer
+    from vlm_rlaif.prompts import load_prompt
+
+    write_colour_pairs(tmp_path)
+    corpus = ["What colour is the video? The video is red. The video is blue."] * 20 + [load_prompt("rm_evaluation").text] * 5
+    build_tiny_model("tiny", train_tokenizer(corpus, vocab_size=400), frames=8, seed=0).save(tmp_path / "sft")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    driver = tmp_path / "rm_driver.py"
+    driver.write_text(RM_DRIVER)
+    outs = {}
+    for name, grad_accum in (("single", 2), ("fsdp", 1)):
+        outs[name] = tmp_path / name
+        config = {
+            "out": str(outs[name]), "model": {"path": str(tmp_path / "sft")},
+            "data": {"files": ["prefs.jsonl"], "root": str(tmp_path), "eval_pairs": 8},
+            "lora": {"r": 8, "alpha": 16},
+            "train": {"batch_size": 4, "lr": 3e-3, "max_steps": 3, "schedule": "constant"},
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        args = [str(driver), str(tmp_path / f"{name}.json"), str(grad_accum)]
+        if name == "fsdp":
+            env["CPU_SHIM"] = "1"
+            args = ["-m", "accelerate.commands.launch", "--config_file", str(FSDP2_CONFIG), "--num_processes", "2",
+                    "--mixed_precision", "no", "--main_process_port", "29533", *args]
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    summaries = {name: json.loads((out / "summary.json").read_text()) for name, out in outs.items()}
+    assert summaries["fsdp"]["train_metrics"]["loss"] == pytest.approx(summaries["single"]["train_metrics"]["loss"], rel=1e-4)
+    assert (outs["fsdp"] / "model" / "lora" / "adapter_model.safetensors").is_file()
+    adapters = [load_file(out / "model" / "lora" / "adapter_model.safetensors") for out in outs.values()]
+    for name, value in adapters[0].items():
+        torch.testing.assert_close(adapters[1][name], value, rtol=1e-4, atol=2e-6, msg=name)
+    assert any("lora_B" in name and bool(value.abs().sum() > 0) for name, value in adapters[1].items())  # it trained
+    heads = [load_file(out / "model" / "scalar_head.safetensors") for out in outs.values()]
+    for name, value in heads[0].items():
+        torch.testing.assert_close(heads[1][name], value, rtol=1e-4, atol=2e-6, msg=name)
+    scores = [[json.loads(line) for line in (out / "eval" / "heldout.jsonl").read_text().splitlines()] for out in outs.values()]
+    assert len(scores[0]) == len(scores[1]) > 0
+    for one, other in zip(*scores):
+        assert one["id"] == other["id"]
+        assert one["reward_1"] == pytest.approx(other["reward_1"], rel=1e-3, abs=1e-4)
+
+
+def test_rl_stages_refuse_sharding():
+    from accelerate.utils import DistributedType
+
+    from vlm_rlaif.errors import ConfigError
+    from vlm_rlaif.train.rollouts import refuse_sharding
+
+    class Launched:
+        distributed_type = DistributedType.FSDP
+
+    with pytest.raises(ConfigError, match="ppo does not shard.*ddp-8gpu.yaml"):
+        refuse_sharding(Launched(), "ppo")
+    Launched.distributed_type = DistributedType.MULTI_GPU
+    refuse_sharding(Launched(), "grpo")

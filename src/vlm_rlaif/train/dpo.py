@@ -232,7 +232,10 @@ def run_dpo(config: DPOConfig, *, overwrite: bool = False) -> dict:
         run=run,
         accelerator=accelerator,
         desc="dpo",
+        keep_whole=list(lm.visual_modules().values()),  # FSDP2: the visual path is not sharded
     )
+    if result.consolidated is not None:  # FSDP2: the trained full weights, on the main process
+        lm.model = result.consolidated
 
     summary = {
         "model": str(out / "model"),

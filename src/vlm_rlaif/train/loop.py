@@ -182,7 +182,7 @@ def train(
     if sharded:
         skeleton = sharding.meta_copy(model) if accelerator.is_main_process else None
         accelerator.state.fsdp_plugin.ignored_modules = list(keep_whole) or None
-        root, optimizer = accelerator.prepare(sharding.LossRoot(model, loss_fn), optimizer)
+        root, optimizer = accelerator.prepare(sharding.LossRoot(model, loss_fn, keep_whole), optimizer)
         params = [p for p in root.parameters() if p.requires_grad]
         sharded_params, whole_params = sharding.split_parameters(params)
 

@@ -460,7 +460,12 @@ def run_rm(config: RMConfig, *, overwrite: bool = False) -> dict:
         run=run,
         accelerator=accelerator,
         desc="rm",
+        keep_whole=list(lm.visual_modules().values()),  # FSDP2: the visual path is not sharded
     )
+    if result.consolidated is not None:
+        # FSDP2: the trained full weights (main process), on its device for the scoring below.
+        consolidated = result.consolidated.to(accelerator.device)
+        rm.lm.model, rm.scalar.head = consolidated.backbone, consolidated.head
 
     summary: dict = {
         "model": str(out / MODEL_SUBDIR),

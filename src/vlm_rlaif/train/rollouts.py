@@ -94,6 +94,23 @@ class RLRun:
         return self.accelerator.is_main_process
 
 
+def refuse_sharding(accelerator, stage: str) -> None:
+    """PPO and GRPO do not shard: each process keeps the whole policy, value model and reference
+    (data parallel). Under an FSDP or DeepSpeed launch config they stop here rather than shard the
+    policy's initialisation (train/loop.py would) and then generate from shards: the HF engine calls
+    generate and the visual path outside any FSDP forward, processes stop generating at different
+    lengths, and the PPO update loop (train/ppo.py) drives no FSDP wrapper. runtime.engine openai
+    moves generation to a server but the updates still hold the whole model on each process."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"{stage} does not shard the policy (FSDP / DeepSpeed): launch it with a data-parallel config, "
+            "e.g. accelerate launch --config_file recipes/accelerate/ddp-8gpu.yaml, with LoRA for 7B models; "
+            "FSDP2 covers sft, rm and dpo"
+        )
+
+
 def open_rl_run(config: RLConfig, stage: str, *, overwrite: bool = False) -> RLRun:
     """Check the inputs and open every video before the run directory is made, then load the policy
     (initialising it when asked) and read the RL prompts."""
@@ -102,6 +119,7 @@ def open_rl_run(config: RLConfig, stage: str, *, overwrite: bool = False) -> RLR
     runtime = config.runtime
     # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
     accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
+    refuse_sharding(accelerator, stage)
     out = Path(config.out)
     check_inputs(stage, config.inputs())
     rl_data = read_rl_data(config)

@@ -312,7 +312,10 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
         run=run,
         accelerator=accelerator,
         desc="sft",
+        keep_whole=list(lm.visual_modules().values()),  # FSDP2: the visual path is not sharded
     )
+    if result.consolidated is not None:  # FSDP2: the trained full weights, on the main process
+        lm.model = result.consolidated
 
     summary = {
         "model": str(out / "model"),

@@ -40,14 +40,16 @@ class LossRoot(nn.Module):
     Returns (loss, metrics); metrics["loss"] is the loss in float32, since under bf16 mixed precision
     FSDP2 casts the root's outputs (the returned loss) to bf16."""
 
-    def __init__(self, model: nn.Module, loss_fn):
+    def __init__(self, model: nn.Module, loss_fn, keep_whole: Sequence[nn.Module] = ()):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         # accelerate's auto wrap looks for the layer classes in the root's _no_split_modules: those of
-        # every transformers model inside (decoder layers; vision blocks are kept whole anyway) that
-        # occur in it (a vision tower's list names text-side classes too, which accelerate refuses).
-        present = {type(m).__name__ for m in model.modules()}
+        # every transformers model inside that occur outside the modules kept whole (a vision tower's
+        # list names text-side classes, which accelerate refuses, and its own blocks: made FSDP units,
+        # they would act as roots when the visual path runs outside the root's forward).
+        inside = {id(m) for whole in keep_whole for m in whole.modules()}
+        present = {type(m).__name__ for m in model.modules() if id(m) not in inside}
         names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
         self._no_split_modules = sorted(names & present)
 
