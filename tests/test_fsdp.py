@@ -275,3 +275,19 @@ def test_rl_stages_refuse_sharding():
         refuse_sharding(Launched(), "ppo")
     Launched.distributed_type = DistributedType.MULTI_GPU
     refuse_sharding(Launched(), "grpo")
+
+
+def test_shipped_accelerate_configs_parse_say_when_to_use_them_and_ship():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted(FSDP2_CONFIG.parent.glob("*.yaml"))
+    assert {p.name for p in configs} == {"1gpu.yaml", "ddp-8gpu.yaml", "fsdp2-8gpu.yaml", "multinode-fsdp2.yaml"}
+    kinds = {}
+    for path in configs:
+        assert path.read_text().startswith("# "), f"{path.name} opens without a comment on when to use it"
+        config = load_config_from_file(str(path))
+        kinds[path.name] = (str(config.distributed_type).split(".")[-1], config.num_processes,
+                            (config.fsdp_config or {}).get("fsdp_version"))
+    assert kinds == {"1gpu.yaml": ("NO", 1, None), "ddp-8gpu.yaml": ("MULTI_GPU", 8, None),
+                     "fsdp2-8gpu.yaml": ("FSDP", 8, 2), "multinode-fsdp2.yaml": ("FSDP", 16, 2)}
+    assert '"recipes/accelerate/*.yaml"' in (REPO / "pyproject.toml").read_text()  # package data
