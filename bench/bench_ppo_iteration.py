@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from vlm_rlaif.models import FeatureCache, LoraSettings, ScalarHead, ScalarModel, VideoExample, count_visual_calls
+from vlm_rlaif.models import FeatureCache, LoraSettings, ScalarHead, ScalarModel, VideoExample, VideoLM, count_visual_calls
 from vlm_rlaif.models.registry import load_adapter_model
 from vlm_rlaif.models.tiny import build_tiny_model, train_tokenizer
 from vlm_rlaif.reward import RewardModel, prompt_example
@@ -64,23 +64,33 @@ def build(workdir: Path, settings: dict) -> Path:
 
 
 def make_trainer(model_dir: Path, adapters_dir: Path, cache: FeatureCache | None, rollouts: int, max_new_tokens: int) -> PPOTrainer:
-    policy = load_adapter_model(model_dir)
-    policy.feature_cache = cache
-    torch.manual_seed(0)
-    policy.add_lora(POLICY, LoraSettings(r=16, alpha=16))
-    policy.save_lora(adapters_dir / "policy", POLICY)
-    policy.load_lora(adapters_dir / "policy", REFERENCE)
-    policy.set_adapter(POLICY)
-    value_lm = load_adapter_model(model_dir)
-    reward = RewardModel.create(value_lm, LoraSettings(r=16, alpha=16))
-    value_lm.feature_cache = cache  # after create: a RewardModel gives a cache-less model its own
-    value_lm.add_lora(VALUE, LoraSettings(r=16, alpha=16))
-    value = ScalarModel(value_lm, ScalarHead(value_lm.hidden_size, zero_init=True), lora_name=VALUE)
     settings = PPOSettings(
         rollout_batch_size=rollouts, minibatch_size=rollouts // 2, micro_batch_size=4, forward_batch_size=8,
         generation_batch_size=rollouts, max_new_tokens=max_new_tokens, warmup_iterations=0,
     )
-    return PPOTrainer(policy, value, lambda examples, texts: reward.score(examples, texts, batch_size=8), settings)
+    lora = LoraSettings(r=16, alpha=16)
+    return trainer_on(load_adapter_model(model_dir), load_adapter_model(model_dir), adapters_dir, cache, settings, lora)
+
+
+def trainer_on(
+    policy: VideoLM, value_lm: VideoLM, adapters_dir: Path, cache: FeatureCache | None, settings: PPOSettings,
+    lora: LoraSettings,
+) -> PPOTrainer:
+    """A PPOTrainer over two already built bases, the roles as run_ppo sets them up: the policy LoRA and
+    a frozen copy of it as the reference on one base; the reward model's LoRA and head, and a value LoRA
+    with a zero-initialised head, on the other; both bases share `cache`."""
+    policy.feature_cache = cache
+    torch.manual_seed(0)
+    policy.add_lora(POLICY, lora)
+    policy.save_lora(adapters_dir / "policy", POLICY)
+    policy.load_lora(adapters_dir / "policy", REFERENCE)
+    policy.set_adapter(POLICY)
+    reward = RewardModel.create(value_lm, lora)
+    value_lm.feature_cache = cache  # after create: a RewardModel gives a cache-less model its own
+    value_lm.add_lora(VALUE, lora)
+    value = ScalarModel(value_lm, ScalarHead(value_lm.hidden_size, zero_init=True), lora_name=VALUE)
+    batch = settings.forward_batch_size
+    return PPOTrainer(policy, value, lambda examples, texts: reward.score(examples, texts, batch_size=batch), settings)
 
 
 def prompts(count: int, frames: int, size: int) -> list[VideoExample]:

@@ -23,7 +23,8 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,19 @@ ANSWER = (
 )
 
 
+@contextmanager
+def on_device(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Models built inside are randomly initialised straight on `device` in `dtype`: a 7B model is
+    never materialised on the CPU in float32 (32 GB and minutes), and its init runs on the GPU."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build(tiny: bool, device: torch.device, dtype: torch.dtype, num_frames: int) -> LlavaVideoLM:
     tokenizer = train_tokenizer([QUESTION, ANSWER] * 50, vocab_size=1000)
     if tiny:
@@ -59,27 +73,25 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype, num_frames: int)
         return lm
     processor = LlavaVideoProcessor(tokenizer, image_size=336, patch_size=14, num_frames=num_frames)
     config = LlavaVideoConfig(video_token_id=processor.video_token_id)  # the paper's 7B shapes by default
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):  # random init straight on the GPU
-            model = LlavaVideoForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with on_device(device, dtype):
+        model = LlavaVideoForCausalLM(config)
     model = model.to(dtype)  # a no-op unless the model chose its own default dtype
     for target in (model.config, model.generation_config):
         target.eos_token_id, target.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     return LlavaVideoLM(model.eval(), processor, feature_cache=FeatureCache(max_bytes=8 << 30))
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float | None, object]:
+def timed(
+    fn: Callable[[], object], device: torch.device, repeats: int, warmup: bool = True
+) -> tuple[float, float | None, object]:
     """(median seconds, peak GPU memory GiB (None on the CPU), last result) over `repeats` runs after
-    one warm-up."""
+    one warm-up (warmup=False: the caller has already run the same kernels)."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()
+    if warmup:
+        fn()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds, result = [], None

@@ -83,6 +83,21 @@ QWEN_SIZES = {
         dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, fullatt_block_indexes=[1, 3]),
         [8, 12, 12],
     ),
+    # Qwen2.5-VL-7B-Instruct's own shapes (its config.json: 28 x 3584 language model, 32 x 1280
+    # windowed ViT with 14 px patches, a 152,064-row embedding), for benchmarks with random weights
+    # (bench/gpu_check.py). About 8.3B parameters: build it under torch.device("cuda") and a bf16
+    # default dtype. Keys beyond the shapes override the tiny defaults (patch size, vocabulary, RoPE).
+    "7b": (
+        dict(
+            hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+            num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rope_theta=1000000.0,
+        ),
+        dict(
+            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31],
+            patch_size=14,
+        ),
+        [16, 24, 24],
+    ),
 }
 HF_NATIVE_ARCHES = ("llava-next-video", "qwen2.5-vl")
 PATCH_SIZE = 4
@@ -229,9 +244,15 @@ def _build_qwen2_5_vl(tokenizer, size: str, frames: int, image_size: int) -> HFN
     from vlm_rlaif.models.hf_native.qwen2_5_vl import Qwen25VLVideoLM
 
     text_shape, vision_shape, mrope_section = _sizes(QWEN_SIZES, size)
+    # A size may set its own vocabulary (a real checkpoint's embedding has more rows than its tokenizer
+    # has tokens), positions, RoPE base and patch size; the tiny sizes take these defaults.
+    text_shape = {"vocab_size": len(tokenizer), "max_position_embeddings": 4096, "rope_theta": 10000.0, **text_shape}
+    rope_theta = text_shape.pop("rope_theta")
+    vision_shape = {"patch_size": PATCH_SIZE, **vision_shape}
+    patch_size = vision_shape["patch_size"]
     # Pixel budget: at most the square frame; at least a quarter of it.
     budget = {"shortest_edge": image_size * image_size // 4, "longest_edge": image_size * image_size}
-    patches = dict(patch_size=PATCH_SIZE, temporal_patch_size=2, merge_size=2)
+    patches = dict(patch_size=patch_size, temporal_patch_size=2, merge_size=2)
     video_processor = Qwen2VLVideoProcessor(size=budget, cap_pixels_per_frame=False, num_frames=frames, **patches)
     image_processor = Qwen2VLImageProcessor(size=budget, **patches)
     processor = Qwen2_5_VLProcessor(
@@ -243,18 +264,15 @@ def _build_qwen2_5_vl(tokenizer, size: str, frames: int, image_size: int) -> HFN
     config = Qwen2_5_VLConfig(
         text_config=dict(
             text_shape,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 10000.0},
+            rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": rope_theta},
             **_token_ids(tokenizer),
         ),
         vision_config=dict(
             vision_shape,
-            patch_size=PATCH_SIZE,
             temporal_patch_size=2,
             spatial_merge_size=2,
             out_hidden_size=text_shape["hidden_size"],
-            window_size=4 * PATCH_SIZE * 2,
+            window_size=4 * patch_size * 2,  # 112 px at 14 px patches, as Qwen2.5-VL-7B
             tokens_per_second=2,
         ),
         video_token_id=processor.video_token_id,
