@@ -15,6 +15,7 @@ python3 -m venv "$venv"
   tests/test_models_adapter.py tests/test_models_cache.py tests/test_models_heads_lora.py \
   tests/test_records.py tests/test_frames.py tests/test_video_io.py tests/test_config.py \
   tests/test_train_loop.py tests/test_generator.py tests/test_dpo.py \
+  tests/test_bench_smoke.py::test_gpu_check_tiny_mode \
   tests/test_sft.py::test_video_reaches_the_loss_forward_with_grad \
   tests/test_sft.py::test_lora_with_length_split_saves_adapter_and_merged_model \
   tests/test_rm.py::test_the_video_reaches_the_loss_forward_and_both_answers_share_one_encode \
