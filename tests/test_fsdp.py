@@ -291,3 +291,21 @@ def test_shipped_accelerate_configs_parse_say_when_to_use_them_and_ship():
     assert kinds == {"1gpu.yaml": ("NO", 1, None), "ddp-8gpu.yaml": ("MULTI_GPU", 8, None),
                      "fsdp2-8gpu.yaml": ("FSDP", 8, 2), "multinode-fsdp2.yaml": ("FSDP", 16, 2)}
     assert '"recipes/accelerate/*.yaml"' in (REPO / "pyproject.toml").read_text()  # package data
+
+
+def test_fill_puts_full_weights_into_a_meta_copy_keeping_ties_and_dtypes():
+    from vlm_rlaif.train.sharding import fill, meta_copy
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5, bias=False)).to(torch.bfloat16)
+    model[1].weight = model[0].weight  # tied, as in models with tie_word_embeddings
+    model.register_buffer("table", torch.arange(3.0), persistent=False)
+    skeleton = meta_copy(model)
+    assert skeleton[0].weight.is_meta and skeleton[1].weight is skeleton[0].weight
+    trained = torch.randn(5, 3)
+    # The gathered state names the shared weight once, under its second name; float32 master weights.
+    filled = fill(skeleton, {"model.1.weight": trained}, prefix="model.")
+    assert filled[0].weight is filled[1].weight and filled[0].weight.dtype == torch.bfloat16
+    assert torch.equal(filled[0].weight, trained.to(torch.bfloat16))
+    assert torch.equal(filled.table, torch.arange(3.0))  # non-persistent buffers survive the copy
+    with pytest.raises(KeyError, match="model.0.weight"):
+        fill(meta_copy(model), {}, prefix="model.")

@@ -318,8 +318,10 @@ def _report_expected_memory(model: nn.Module, keep_whole, accelerator: Accelerat
     estimate = sharding.model_memory(
         model, keep_whole if sharded else (), accelerator.num_processes, sharded=sharded, upcast=upcast, offload=offload
     )
-    accelerator.print(estimate.describe())
-    log.info(estimate.describe())
+    if sharded or accelerator.device.type == "cuda":
+        accelerator.print(estimate.describe())
+    elif accelerator.is_main_process:  # CPU runs (the demo, tests): the log, not the console
+        log.info(estimate.describe())
 
 
 # ---------------------------------------------------------------------------- optimisation

@@ -85,15 +85,19 @@ def fill(skeleton: nn.Module, state: dict[str, torch.Tensor], prefix: str = "") 
     """Put the full weights `state` (keys: `prefix` + parameter name) into a `meta_copy`, each in
     the dtype the copy was made with; a parameter shared by several names (tied embeddings) stays
     one tensor."""
-    new: dict[int, nn.Parameter] = {}
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
     for name, param in skeleton.named_parameters(remove_duplicate=False):
-        if id(param) not in new:
-            key = prefix + name
-            if key not in state:
-                raise KeyError(f"the gathered state lacks {key}")
-            new[id(param)] = nn.Parameter(state[key].to(param.dtype), requires_grad=param.requires_grad)
-        owner, _, leaf = name.rpartition(".")
-        skeleton.get_submodule(owner)._parameters[leaf] = new[id(param)]
+        names.setdefault(id(param), []).append(name)
+        params[id(param)] = param
+    for key, param in params.items():
+        found = [prefix + name for name in names[key] if prefix + name in state]
+        if not found:  # a shared parameter may be gathered under any one of its names
+            raise KeyError(f"the gathered state lacks {prefix + names[key][0]}")
+        full = nn.Parameter(state[found[0]].to(param.dtype), requires_grad=param.requires_grad)
+        for name in names[key]:
+            owner, _, leaf = name.rpartition(".")
+            skeleton.get_submodule(owner)._parameters[leaf] = full
     return skeleton
 
 
