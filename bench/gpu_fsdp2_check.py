@@ -5,7 +5,7 @@ the measured peak memory next to the printed estimate.
 STATUS: NOT YET RUN ON A GPU (written where no GPU was lent; its CPU twin, tests/test_fsdp.py, runs
 the same loop code in fp32 on 2 gloo processes).
 
-    python bench/gpu_fsdp2_check.py --out DIR        # prints one JSON line; exit 1 if a check failed
+    python bench/gpu_fsdp2_check.py --out DIR [--budget-s 300]   # one JSON line; exit 1 if a check failed
 
 It builds the "small" tiny llava-video model (random weights, nothing downloaded) and 16 examples of
 random frames, and trains 4 steps of full fine-tuning in bf16 with train/loop.py, each run its own
@@ -83,17 +83,25 @@ def worker(args) -> None:
     accelerator.wait_for_everyone()
 
 
-def launch(config: str, processes: int, run: Path, model: Path, grad_accum: int, *extra: str, kill_at: int = 0):
+def launch(config: str, processes: int, run: Path, model: Path, grad_accum: int, *extra: str, kill_at: int = 0,
+           timeout: float = 120):
+    """One worker run under accelerate launch; a run past `timeout` seconds counts as exit code 124."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                "--num_processes", str(processes), *extra, __file__, "--worker", "--model", str(model),
                "--run", str(run), "--grad-accum", str(grad_accum), "--kill-at", str(kill_at)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired as err:
+        def text(value):
+            return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
+        return subprocess.CompletedProcess(command, 124, text(err.stdout), text(err.stderr) + "\n(timed out)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/out/gpu_fsdp2"))
+    parser.add_argument("--budget-s", type=float, default=300, help="seconds for all four runs together")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -134,15 +142,21 @@ def main() -> int:
         report["runs"][name] = entry
         return entry if done.returncode == 0 else None
 
+    deadline = started + args.budget_s
+
+    def left() -> float:  # each run gets at most 120 s of what is left
+        return min(120.0, deadline - time.time())
+
     runs = {name: out / name for name in ("reference", "fsdp2", "offload")}
     for run in runs.values():
         subprocess.run(["rm", "-rf", str(run)], check=True)
-    reference = record("reference", launch("1gpu.yaml", 1, runs["reference"], model, gpus), runs["reference"])
-    killed = launch("fsdp2-8gpu.yaml", gpus, runs["fsdp2"], model, 1, kill_at=3)
+    reference = record("reference", launch("1gpu.yaml", 1, runs["reference"], model, gpus, timeout=left()),
+                       runs["reference"])
+    killed = launch("fsdp2-8gpu.yaml", gpus, runs["fsdp2"], model, 1, kill_at=3, timeout=left())
     report["runs"]["fsdp2_killed_returncode"] = killed.returncode
-    fsdp2 = record("fsdp2", launch("fsdp2-8gpu.yaml", gpus, runs["fsdp2"], model, 1), runs["fsdp2"])
+    fsdp2 = record("fsdp2", launch("fsdp2-8gpu.yaml", gpus, runs["fsdp2"], model, 1, timeout=left()), runs["fsdp2"])
     offload = record("offload", launch("fsdp2-8gpu.yaml", gpus, runs["offload"], model, 1,
-                                       "--fsdp_offload_params", "true"), runs["offload"])
+                                       "--fsdp_offload_params", "true", timeout=left()), runs["offload"])
 
     def check(condition: bool, what: str) -> None:
         if not condition:
@@ -162,9 +176,13 @@ def main() -> int:
                 continue
             check(abs(entry["loss"] - reference["loss"]) <= 0.03 * abs(reference["loss"]),
                   f"{name}: loss {entry['loss']:.4f} vs reference {reference['loss']:.4f}")
-            AutoModelForImageTextToText.from_pretrained(runs[name] / "model")
-            saved = load_file(runs[name] / "model" / "model.safetensors")
-            worst = max(float((saved[k].float() - v.float()).abs().max()) for k, v in expected.items())
+            try:  # a model that does not load is a failed check, and the JSON line still comes
+                AutoModelForImageTextToText.from_pretrained(runs[name] / "model")
+                saved = load_file(runs[name] / "model" / "model.safetensors")
+                worst = max(float((saved[k].float() - v.float()).abs().max()) for k, v in expected.items())
+            except Exception as err:  # noqa: BLE001
+                check(False, f"{name}: the consolidated model does not load: {err!r}"[:500])
+                continue
             report["runs"][name]["max_weight_difference"] = worst
             check(worst < 2e-2, f"{name}: weights differ from the reference by up to {worst:.3g}")
     if fsdp2 is not None and offload is not None:

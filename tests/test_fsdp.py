@@ -309,3 +309,17 @@ def test_fill_puts_full_weights_into_a_meta_copy_keeping_ties_and_dtypes():
     assert torch.equal(filled.table, torch.arange(3.0))  # non-persistent buffers survive the copy
     with pytest.raises(KeyError, match="model.0.weight"):
         fill(meta_copy(model), {}, prefix="model.")
+
+
+def test_four_bit_weights_are_refused_under_fsdp2():
+    from vlm_rlaif.errors import ConfigError
+    from vlm_rlaif.train.sharding import check_shardable
+
+    class Params4bit(torch.nn.Parameter):  # stands in for bitsandbytes' class (matched by name)
+        pass
+
+    model = torch.nn.Linear(2, 2)
+    check_shardable(model)
+    model.weight = Params4bit(model.weight.detach())
+    with pytest.raises(ConfigError, match="4-bit.*ddp-8gpu.yaml"):
+        check_shardable(model)

@@ -180,6 +180,7 @@ def train(
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
     skeleton = None
     if sharded:
+        sharding.check_shardable(model)
         skeleton = sharding.meta_copy(model) if accelerator.is_main_process else None
         accelerator.state.fsdp_plugin.ignored_modules = list(keep_whole) or None
         root, optimizer = accelerator.prepare(sharding.LossRoot(model, loss_fn, keep_whole), optimizer)

@@ -73,6 +73,16 @@ def is_sharded(accelerator) -> bool:
     return kind == DistributedType.FSDP
 
 
+def check_shardable(model: nn.Module) -> None:
+    """Refuse 4-bit weights (QLoRA): their quantization state would not survive the meta copy and
+    the consolidation, and bitsandbytes' packed storage does not shard like a plain tensor."""
+    if any(type(p).__name__ == "Params4bit" for p in model.parameters()):
+        raise ConfigError(
+            "4-bit quantization (model.quantization: 4bit) is not supported under FSDP2: launch data "
+            "parallel (recipes/accelerate/ddp-8gpu.yaml) or drop the quantization"
+        )
+
+
 def meta_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose parameters live on the meta device (no memory); buffers are copied
     to the CPU (rotary tables and the like are not all in a state dict)."""
@@ -219,6 +229,7 @@ def model_memory(model: nn.Module, keep_whole: Sequence[nn.Module], world: int, 
 __all__ = [
     "LossRoot",
     "MemoryEstimate",
+    "check_shardable",
     "clip_gradients",
     "consolidate",
     "expected_memory",
