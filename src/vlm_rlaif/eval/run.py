@@ -43,9 +43,9 @@ def load_model(spec: ModelSpec, feature_cache_bytes: int = FEATURE_CACHE_BYTES, 
     from vlm_rlaif.models import FeatureCache, load_adapter_model
 
     if spec.generator.kind == "openai":
-        from vlm_rlaif.clients.generator import OpenAIGenerator
+        from vlm_rlaif.clients.generator import make_generator
 
-        return OpenAIGenerator(spec.generator, cache_dir=cache_dir)
+        return make_generator(spec.generator, cache_dir=cache_dir)
 
     lm = load_adapter_model(spec.path, device=spec.device, dtype=spec.dtype, feature_cache=FeatureCache(feature_cache_bytes))
     if spec.lora:

@@ -172,7 +172,7 @@ class FeedbackRunner:
         model_dir = settings.model_dir if settings.describer == "model" else self.config.model_dir
         if self._same_as_policy(model_dir):
             generator = self.generator
-            describer_id = f"local:{model_dir}" if generator is self._policy else f"{generator.id}"
+            describer_id = f"local:{model_dir}" if generator is self._policy else generator.id
             return LocalDescriber(generator, settings, describer_id)
         return LocalDescriber(self._load(model_dir), settings, f"local:{model_dir}")
 

@@ -43,7 +43,10 @@ NEUTRAL_FIELDS = {"frequency_penalty": 0, "presence_penalty": 0}  # accepted onl
 
 
 class BadRequest(ValueError):
-    """A request the server answers with HTTP 400; `param` names the offending field."""
+    """A request the server refuses, with HTTP `status` (400 here; subclasses refine it); `param`
+    names the offending field."""
+
+    status = 400
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)

@@ -56,9 +56,13 @@ class BodyRefused(BadRequest):
 class ModelNotFound(BadRequest):
     """A model or adapter name the server does not have (404, as vLLM answers)."""
 
+    status = HTTPStatus.NOT_FOUND
+
 
 class LoraUpdatesOff(BadRequest):
     """The LoRA endpoints of a server started without a LoRA root (404: the route is not there)."""
+
+    status = HTTPStatus.NOT_FOUND
 
 
 class VideoLMServer(ThreadingHTTPServer):
@@ -222,11 +226,8 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
                     server.lm, request.example, request.settings, top_logprobs=request.top_logprobs, stop=request.stop,
                     where="request messages",
                 )
-        except (BodyRefused, ModelNotFound) as err:
-            self._send_refusal(err)
-            return
         except BadRequest as err:
-            self._send(HTTPStatus.BAD_REQUEST, error_response(str(err), param=err.param))
+            self._send_refusal(err)
             return
         except UserError as err:  # e.g. a conversation the model's template cannot take
             self._send(HTTPStatus.BAD_REQUEST, error_response(str(err)))
@@ -257,12 +258,7 @@ class ChatCompletionsHandler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, {"object": "lora_adapter_update", "message": message})
 
     def _send_refusal(self, err: BadRequest) -> None:
-        if isinstance(err, BodyRefused):
-            status = err.status
-        elif isinstance(err, (ModelNotFound, LoraUpdatesOff)):
-            status = HTTPStatus.NOT_FOUND
-        else:
-            status = HTTPStatus.BAD_REQUEST
+        status = HTTPStatus(err.status)
         kind = "not_found_error" if status == HTTPStatus.NOT_FOUND else "invalid_request_error"
         self._send(status, error_response(str(err), kind, param=err.param))
 
