@@ -264,12 +264,11 @@ class TruthDescriber:
         return out
 
 
-def recipe_judge_settings(args, work: Path):
+def recipe_feedback(args, work: Path):
     from vlm_rlaif.config import load_config
     from vlm_rlaif.feedback import FeedbackConfig
 
-    config = load_config(FeedbackConfig, args.recipe, [], section="feedback", variables=_variables(args, work))
-    return config.judge
+    return load_config(FeedbackConfig, args.recipe, [], section="feedback", variables=_variables(args, work))
 
 
 def own_sampled_pairs(args, work: Path, world: Path, describe_truth) -> dict:
@@ -369,14 +368,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     lm = load_adapter_model(work / "sft" / "model")
-    store = FrameStore(world, FrameSampling(lm.processor.num_frames, cfg.clip_max_frames), max_videos=100_000)
+    store = FrameStore(world, FrameSampling(lm.processor.num_frames, cfg.clip_max_frames,
+                                            clip_frames=recipe_feedback(args, work).clip_frames),
+                       max_videos=100_000)
     oracle = Oracle(order_gap=cfg.order_gap)
     held = held_out_records(cfg, world, args.judge_per_video, args.eval_videos)
     report["short"] = short_answers(lm, store, held["SFT_short.json"], oracle, world)
     report["clips"], own = clip_descriptions(lm, store, held["SFT_clips.json"], oracle, world, args.describe_tokens)
     describe_truth = true_descriptions(cfg)
     report["judge_held_out"] = judge_pairs(lm, store, held["SFT_judge.json"], own, describe_truth, oracle, world,
-                                           recipe_judge_settings(args, work))
+                                           recipe_feedback(args, work).judge)
     if args.feedback_prompts:
         report["judge_own_pairs"] = own_sampled_pairs(args, work, world, describe_truth)
     report["measure_seconds"] = round(time.perf_counter() - started, 1)

@@ -39,6 +39,20 @@ def test_video_clips_and_keys(video_root):
     assert store.by_name("videos/a")[1] == key
 
 
+def test_clips_denser_than_the_whole_video_view(video_root):
+    """clip_frames: the whole video is sampled sparsely (6 frames) while its clips are cut from a
+    denser sampling (24 frames, 3 clips of 8): each clip sees every frame of its third."""
+    store = FrameStore(video_root, FrameSampling(num_frames=6, clip_max_frames=8, clip_frames=24))
+    frames, key = store.video("videos/a.mp4")
+    assert frames.shape[0] == 6 and key == "videos/a.mp4@u6"
+    clips = store.clips("videos/a.mp4")
+    assert [k for _, k in clips] == [f"videos/a.mp4@u24/clip{i}of3" for i in range(3)]
+    assert [_levels(c) for c, _ in clips] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
+    assert store.video("videos/a.mp4")[1] == key  # the denser decode does not replace the whole view
+    with pytest.raises(RecordError, match="24 frames with at most 8 per clip make 3 clips"):
+        store.clip("videos/a.mp4", ClipSpec(index=0, count=1))
+
+
 def test_clip_count_mismatch_and_escape(video_root):
     store = FrameStore(video_root, FrameSampling(num_frames=12, clip_max_frames=4))
     with pytest.raises(RecordError, match="f.json:7: record asks for clip 0 of 2.*make 3 clips"):

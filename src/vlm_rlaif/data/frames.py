@@ -2,7 +2,9 @@
 
 Every stage reads videos the same way: resolve the record's path under the video root, sample
 `num_frames` uniformly (the paper's 50), and for a clip record keep the clip's positions of the
-standard split (video.split_clips, at most `clip_max_frames` per clip). Each result comes with a
+standard split (video.split_clips, at most `clip_max_frames` per clip) of `clip_frames` frames
+sampled uniformly (default: the same `num_frames`, as the paper; more makes clips denser than the
+whole-video view, which is how the context can carry what that view misses). Each result comes with a
 `video_key` that names the video *and* its sampling, which is what the model's feature cache keys on.
 """
 
@@ -68,12 +70,21 @@ class FrameSampling:
     num_frames: int = 50
     clip_max_frames: int = 20
     on_short: str = "repeat"  # "repeat" | "error": a video with fewer frames than num_frames
+    clip_frames: int | None = None  # frames the clip split is made of (None: num_frames)
+
+    def __post_init__(self) -> None:
+        if self.clip_frames is not None and self.clip_frames < 1:
+            raise ConfigError(f"clip_frames must be >= 1 (or unset), got {self.clip_frames}")
+
+    @property
+    def clip_source_frames(self) -> int:
+        return self.clip_frames or self.num_frames
 
     def clip_positions(self, clip: ClipSpec, *, where: str = "") -> list[int]:
-        clips = split_clips(self.num_frames, self.clip_max_frames)
+        clips = split_clips(self.clip_source_frames, self.clip_max_frames)
         if clip.count != len(clips):
             raise RecordError(
-                f"{where}: record asks for clip {clip.index} of {clip.count}, but {self.num_frames} "
+                f"{where}: record asks for clip {clip.index} of {clip.count}, but {self.clip_source_frames} "
                 f"frames with at most {self.clip_max_frames} per clip make {len(clips)} clips"
             )
         return clips[clip.index]
@@ -81,6 +92,13 @@ class FrameSampling:
     @property
     def tag(self) -> str:
         return f"u{self.num_frames}"
+
+    @property
+    def clip_sampling(self) -> "FrameSampling":
+        """The whole-video sampling the clips are cut from."""
+        if self.clip_source_frames == self.num_frames:
+            return self
+        return FrameSampling(self.clip_source_frames, self.clip_max_frames, self.on_short)
 
 
 class FrameStore:
@@ -100,11 +118,13 @@ class FrameStore:
         """How many decoded videos the LRU keeps."""
         return self._max
 
-    def video(self, source: str | list[str], *, where: str = "") -> tuple[np.ndarray, str]:
+    def video(self, source: str | list[str], *, where: str = "", sampling: FrameSampling | None = None
+              ) -> tuple[np.ndarray, str]:
         """(frames uint8 (T, H, W, 3), video_key) of a record's `video` path or `images` list.
         A video that is missing or does not decode raises BadVideoError (naming `where` and the video)."""
+        sampling = sampling or self.sampling
         key_base = source_name(source)
-        key = f"{key_base}@{self.sampling.tag}"
+        key = f"{key_base}@{sampling.tag}"
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key], key
@@ -112,24 +132,24 @@ class FrameStore:
         try:
             video = load_video(
                 [str(p) for p in path] if isinstance(path, list) else str(path),
-                num_frames=self.sampling.num_frames,
-                on_short=self.sampling.on_short,
+                num_frames=sampling.num_frames,
+                on_short=sampling.on_short,
             )
         except VideoLoadError as err:
             raise BadVideoError(where, key_base, str(err)) from None
         if key not in self.warnings:
-            self.warnings[key] = self._check(video, where)
+            self.warnings[key] = self._check(video, where, sampling.num_frames)
         self._lru[key] = video.frames
         if len(self._lru) > self._max:
             self._lru.popitem(last=False)
         return video.frames, key
 
-    def _check(self, video, where: str) -> list[str]:
+    def _check(self, video, where: str, num_frames: int) -> list[str]:
         prefix = f"{where}: " if where else ""
         found = []
-        if video.total_frames == 1 and self.sampling.num_frames > 1:
+        if video.total_frames == 1 and num_frames > 1:
             found.append(SINGLE_FRAME)
-            log.warning("%s%s has a single frame, repeated to %d frames", prefix, video.source, self.sampling.num_frames)
+            log.warning("%s%s has a single frame, repeated to %d frames", prefix, video.source, num_frames)
         if video.ignored_files:
             found.append(NON_IMAGE_FILES)
             shown = ", ".join(video.ignored_files[:5]) + (", ..." if len(video.ignored_files) > 5 else "")
@@ -152,7 +172,7 @@ class FrameStore:
 
     def clip(self, source: str | list[str], clip: ClipSpec, *, where: str = "") -> tuple[np.ndarray, str]:
         """Frames and key of one clip of the sampled video (the feedback stage's context clips)."""
-        frames, key = self.video(source, where=where)
+        frames, key = self.video(source, where=where, sampling=self.sampling.clip_sampling)
         positions = self.sampling.clip_positions(clip, where=where)
         return frames[positions], f"{key}/clip{clip.index}of{clip.count}"
 
@@ -165,5 +185,5 @@ class FrameStore:
 
     def clips(self, source: str | list[str], *, where: str = "") -> list[tuple[np.ndarray, str]]:
         """All clips of a video, in temporal order."""
-        n = len(split_clips(self.sampling.num_frames, self.sampling.clip_max_frames))
+        n = len(split_clips(self.sampling.clip_source_frames, self.sampling.clip_max_frames))
         return [self.clip(source, ClipSpec(index=i, count=n), where=where) for i in range(n)]

@@ -99,6 +99,7 @@ class FeedbackConfig:
     seed: int = 0
     num_frames: int | None = None  # default: the policy's own (processor.num_frames)
     clip_max_frames: int = 20  # paper: 50 frames at most 20 a clip -> 3 clips
+    clip_frames: int | None = None  # frames the clips are cut from (default num_frames; more: denser clips)
     context: bool = True  # False: the paper's no-context ablation (judge_pairwise template)
     position_policy: Literal["consistent", "average"] = "consistent"
     margin: float = 0.0  # a verdict within margin of 0.5 is a tie

@@ -100,7 +100,7 @@ class FeedbackRunner:
             raise UserError("feedback: with generator.kind 'openai' and no local self-judge, set num_frames (frames a video)")
         num_frames = config.num_frames or getattr(self.policy.processor, "num_frames", None) or 50
         # Decoded frames of about one chunk's videos are kept: full-resolution videos are large.
-        sampling = FrameSampling(num_frames, config.clip_max_frames)
+        sampling = FrameSampling(num_frames, config.clip_max_frames, clip_frames=config.clip_frames)
         self.frames = FrameStore(config.video_root, sampling, max_videos=max(16, config.chunk_size))
         self.judge = self._make_judge()
         self._contexts: ClipContexts | None = None

@@ -114,12 +114,14 @@ class CurriculumSettings:
 class DataSettings:
     """root: the curriculum's files are relative to it, and so are the records' video paths (unless
     video_root is set). num_frames: frames sampled per video (0: the model's own setting);
-    clip_max_frames: the clip split of clip records (the toy world: 8, the paper: 20)."""
+    clip_max_frames: the clip split of clip records (the toy world: 8, the paper: 20), made of
+    clip_frames frames sampled uniformly (0: num_frames; the toy world: 24 against 8 for the video)."""
 
     root: str = "."
     video_root: str | None = None
     num_frames: int = 0
     clip_max_frames: int = 20
+    clip_frames: int = 0
     eval_fraction: float = 0.05  # share of videos held out for the eval loss
     eval_max_examples: int = 256
     max_length: int = 2048
@@ -277,7 +279,8 @@ def run_sft(config: SFTConfig, *, overwrite: bool = False) -> dict:
         raise ConfigError("data.num_frames is 0 and the model's processor names no frame count; set data.num_frames")
     store = FrameStore(
         video_root,
-        FrameSampling(num_frames=num_frames, clip_max_frames=config.data.clip_max_frames),
+        FrameSampling(num_frames=num_frames, clip_max_frames=config.data.clip_max_frames,
+                      clip_frames=config.data.clip_frames or None),
         max_videos=config.data.frame_cache_videos,
     )
     everything = [r for p in phases for r in p.records] + eval_records
