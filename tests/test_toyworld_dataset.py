@@ -208,7 +208,7 @@ def test_context_examples_answer_from_the_true_clip_descriptions(tmp_path):
     with_context = make_records(truth, ToyWorldConfig(seed=7, context_per_video=3))
     assert plain["sft/SFT_context.json"] == [] and len(with_context["sft/SFT_context.json"]) == 3
     for name in FILES:
-        if name != "sft/SFT_context.json":
+        if name not in ("sft/SFT_context.json", "sft/SFT_mcq.json"):  # the latter draws after it
             assert with_context[name] == plain[name], name
     oracle = Oracle()
     head = load_prompt("answer_with_context").text.split("{context}")[0]
@@ -249,3 +249,32 @@ def test_context_examples_can_be_limited_to_question_types():
     truth.split = "sft"
     with pytest.raises(ConfigError, match="context_qtypes: unknown"):
         make_records(truth, ToyWorldConfig(seed=7, context_qtypes=["colour", "nope"]))
+
+
+def test_mcq_examples_answer_with_the_letter_the_benchmark_parses():
+    """mcq_per_video > 0: SFT records in the multiple-choice benchmark's own prompt, answered with
+    the letter of the correct option (eval's strict parser reads it back); the other records are
+    unchanged."""
+    from vlm_rlaif.eval.benchmarks import parse_option
+    from vlm_rlaif.prompts import load_prompt
+    from vlm_rlaif.toyworld import make_records, sample_truth
+
+    base = ToyWorldConfig(seed=7)
+    index = next(i for i in range(40) if split_of(i, base) == "sft")
+    truth = sample_truth(base, index)
+    truth.split = "sft"
+    plain = make_records(truth, ToyWorldConfig(seed=7, mcq_per_video=0))
+    with_mcq = make_records(truth, ToyWorldConfig(seed=7, mcq_per_video=2))
+    assert plain["sft/SFT_mcq.json"] == [] and len(with_mcq["sft/SFT_mcq.json"]) == 2
+    for name in FILES:
+        if name != "sft/SFT_mcq.json":
+            assert with_mcq[name] == plain[name], name
+    tail = load_prompt("eval_mcq_question").text.split("{options}")[1]
+    for record in with_mcq["sft/SFT_mcq.json"]:
+        question, letter = record["conversations"][0]["value"], record["conversations"][1]["value"]
+        assert question.endswith(tail.rstrip())
+        options = [line.split(") ", 1)[1] for line in question.splitlines() if line.startswith("(")]
+        assert len(options) >= 2 and parse_option(letter, options) == letter
+        picked = options[ord(letter) - ord("A")]
+        assert Oracle().check(truth, record["toy"], picked).correct, (question, picked)
+        assert not any(Oracle().check(truth, record["toy"], o).correct for o in options if o != picked)

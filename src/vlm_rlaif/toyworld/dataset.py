@@ -8,6 +8,7 @@ Layout of DIR (paths inside records are relative to DIR):
     sft/SFT_clips.json        per-clip descriptions (records with clip: {index, count})
     sft/SFT_judge.json        judge-skill examples (with and without clip context)
     sft/SFT_context.json      answers read off the true clip descriptions (answer_with_context prompt)
+    sft/SFT_mcq.json          short questions with lettered options, answered with the letter
     feedback/prompts.json     questions without answers for the AI-feedback stage
     rl/prompts.json           RL prompts; rl/PPO_init.json: the same with reference answers
     eval/vcg_generic.json, eval/vcg_temporal.json, eval/vcg_consistency.json, eval/qa.json,
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import string
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("sft", "feedback", "rl", "eval")
 FILES = (
     "sft/SFT_short.json", "sft/SFT_long.json", "sft/SFT_clips.json", "sft/SFT_judge.json",
-    "sft/SFT_context.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
+    "sft/SFT_context.json", "sft/SFT_mcq.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
     "eval/vcg_generic.json", "eval/vcg_temporal.json", "eval/vcg_consistency.json", "eval/qa.json",
     "eval/mcq.json",
 )
@@ -163,6 +165,7 @@ def make_records(truth: Truth, cfg: ToyWorldConfig) -> dict[str, list[dict]]:
                 out["sft/SFT_judge.json"].append(record)
         # Last, so that the records above draw the same random numbers with or without these.
         out["sft/SFT_context.json"].extend(context_examples(truth, cfg, asker, rng))
+        out["sft/SFT_mcq.json"].extend(mcq_examples(truth, cfg, asker, rng))
     elif truth.split in ("feedback", "rl"):
         n = cfg.feedback_per_video if truth.split == "feedback" else cfg.rl_per_video
         n_long = int(rng.binomial(n, cfg.rl_long_fraction))
@@ -237,6 +240,23 @@ def context_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.ra
             "conversations": [_human(prompt.render(context=context, question=qa.questions[0])), _gpt(qa.answer)],
             "toy": _toy(truth, qa),
         })
+    return out
+
+
+def mcq_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random.Generator) -> list[dict]:
+    """Short questions with lettered options (the eval_mcq_question prompt the multiple-choice
+    benchmark asks), answered with the letter: the format, on SFT videos only."""
+    if not cfg.mcq_per_video:
+        return []
+    prompt = load_prompt("eval_mcq_question")
+    qas = [qa for qa in _pick_qas(asker, SHORT_QTYPES, cfg.mcq_per_video + 2, rng) if qa.candidates]
+    out = []
+    for k, qa in enumerate(qas[:cfg.mcq_per_video]):
+        options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(qa.candidates))
+        letter = string.ascii_uppercase[qa.candidates.index(qa.short)]
+        out.append({"id": f"{truth.video_id}_mcq_{k}", "video": video_path(truth.video_id),
+                    "conversations": [_human(prompt.render(question=qa.questions[0], options=options)), _gpt(letter)],
+                    "toy": _toy(truth, qa)})
     return out
 
 
