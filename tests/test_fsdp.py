@@ -65,6 +65,9 @@ CPU_SHIM = textwrap.dedent(
             return backend, DistributedType.MULTI_GPU if kind == DistributedType.MULTI_CPU else kind
 
         PartialState._prepare_backend = on_cpu
+        # A stage that asks for cpu=True without a GPU (ppo, grpo) takes the GPU path's set-up too.
+        partial_init = PartialState.__init__
+        PartialState.__init__ = lambda self, cpu=False, **kwargs: partial_init(self, False, **kwargs)
         os.environ["ACCELERATE_TORCH_DEVICE"] = "cpu"
     """
 )
@@ -262,19 +265,25 @@ def test_fsdp2_reward_model_with_lora_matches_one_process(tmp_path):
         assert one["reward_1"] == pytest.approx(other["reward_1"], rel=1e-3, abs=1e-4)
 
 
-def test_rl_stages_refuse_sharding():
+def test_rl_stages_refuse_deepspeed_and_fsdp1_and_take_fsdp2():
     from accelerate.utils import DistributedType
 
     from vlm_rlaif.errors import ConfigError
-    from vlm_rlaif.train.rollouts import refuse_sharding
+    from vlm_rlaif.train.rollouts import check_sharding
 
     class Launched:
-        distributed_type = DistributedType.FSDP
+        distributed_type = DistributedType.DEEPSPEED
+        is_fsdp2 = False
 
-    with pytest.raises(ConfigError, match="ppo does not shard.*ddp-8gpu.yaml"):
-        refuse_sharding(Launched(), "ppo")
+    with pytest.raises(ConfigError, match="ppo does not run under DeepSpeed.*fsdp2-8gpu.yaml"):
+        check_sharding(Launched(), "ppo")
+    Launched.distributed_type = DistributedType.FSDP
+    with pytest.raises(ConfigError, match="FSDP1"):
+        check_sharding(Launched(), "grpo")
+    Launched.is_fsdp2 = True
+    assert check_sharding(Launched(), "grpo")
     Launched.distributed_type = DistributedType.MULTI_GPU
-    refuse_sharding(Launched(), "grpo")
+    assert not check_sharding(Launched(), "ppo")
 
 
 def test_shipped_accelerate_configs_parse_say_when_to_use_them_and_ship():

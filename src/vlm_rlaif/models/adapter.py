@@ -806,7 +806,9 @@ class VideoLM:
         self.set_adapter(name)
 
     def save_lora(self, directory: str | os.PathLike, name: str | None = None) -> None:
-        """Save one adapter (default: the active one) as adapter_config.json + adapter_model.safetensors."""
+        """Save one adapter (default: the active one) as adapter_config.json + adapter_model.safetensors.
+        Under FSDP2 (sharded DTensor weights) each tensor is gathered whole first: a collective, so
+        every process saves it together (PPO's rollout engines do)."""
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -816,7 +818,7 @@ class VideoLM:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = get_peft_model_state_dict(self.unwrapped_model, adapter_name=name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
+        save_file({k: _whole(v).detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
         self.unwrapped_model.peft_config[name].save_pretrained(str(directory))
 
     def delete_lora(self, name: str) -> None:
@@ -893,6 +895,13 @@ class VideoLM:
         if quantization is None:
             model = model.to(device)
         return cls(model.eval(), processor, feature_cache=feature_cache)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP2 shard (a DTensor; every process must ask for it), else the tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -279,7 +279,7 @@ class GRPOTrainer(RLTrainer):
             raise ConfigError(
                 f"grpo.prompts_per_iteration and grpo.minibatch_size must be multiples of the {self.world} processes"
             )
-        self._setup_optimizer(self._policy_parameters(), total_iterations)
+        self._setup_optimizer(self._policy_parameters, total_iterations)
 
     def rollouts(self, prompts: Sequence[Prompt], examples: Sequence[VideoExample], iteration: int) -> GroupRollouts:
         """Steps a to d for this process's prompts (examples: one per prompt)."""
@@ -355,7 +355,8 @@ class GRPOTrainer(RLTrainer):
                     if denominator == 0:  # no valid response anywhere: every process skips the step alike
                         continue
                     for micro in range(0, len(members), s.micro_batch_size):
-                        loss, stats = self.loss(rollouts, members[micro : micro + s.micro_batch_size], denominator)
+                        micro_members = members[micro : micro + s.micro_batch_size]
+                        loss, stats = self._through_root(self.loss, rollouts, micro_members, denominator)
                         loss.backward()
                         for key, value in stats.items():
                             sums[key] = sums.get(key, 0.0) + value
@@ -374,7 +375,7 @@ class GRPOTrainer(RLTrainer):
         lr = self.scheduler.get_last_lr()[0]
         update_sums = self.update(rollouts, iteration)
         self.scheduler.step()
-        self.engine.update_policy()
+        self.update_engine()
         finished = time.time()
         metrics = self._metrics(rollouts, update_sums)
         metrics.update(
@@ -470,6 +471,7 @@ def run_grpo(config: GRPOConfig, *, overwrite: bool = False) -> dict:
         if settings.save_every and (done % settings.save_every == 0 or done == len(plan)):
             trainer.save_checkpoint(out / "checkpoints", done, settings.keep_checkpoints, layout)
 
+    trainer.consolidate()  # FSDP2: the full weights, on the main process
     history = read_metrics(out / "metrics.jsonl") if rl.is_main else []
     init_summary = rl.init_summary
     summary = {

@@ -40,7 +40,6 @@ same weights as an uninterrupted run (bitwise on CPU).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -57,7 +56,6 @@ from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.rundir import RunDir, drop_rows_after
 from vlm_rlaif.train import checkpoints, collectives, sharding
 
-log = logging.getLogger(__name__)
 LossFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT_PREFIX = "step_"
 
@@ -176,14 +174,13 @@ def train(
     torch.manual_seed(settings.seed)
     _broadcast_from_main(params, world)  # every process starts from the same weights
     sharded = sharding.is_sharded(accelerator)
-    _report_expected_memory(model, keep_whole, accelerator, sharded)
+    sharding.report_expected_memory(model, keep_whole, accelerator, sharded)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
     skeleton = None
     if sharded:
         sharding.check_shardable(model)
         skeleton = sharding.meta_copy(model) if accelerator.is_main_process else None
-        accelerator.state.fsdp_plugin.ignored_modules = list(keep_whole) or None
-        root, optimizer = accelerator.prepare(sharding.LossRoot(model, loss_fn, keep_whole), optimizer)
+        root, optimizer = sharding.shard(accelerator, sharding.LossRoot(model, loss_fn, keep_whole), optimizer, keep_whole)
         params = [p for p in root.parameters() if p.requires_grad]
         sharded_params, whole_params = sharding.split_parameters(params)
 
@@ -307,22 +304,6 @@ def train(
         consolidated=sharding.consolidate(accelerator, root, skeleton) if sharded else None,
         peak_memory_bytes=peak,
     )
-
-
-def _report_expected_memory(model: nn.Module, keep_whole, accelerator: Accelerator, sharded: bool) -> None:
-    """Print (main process) the expected memory per GPU of parameters, gradients and AdamW state."""
-    offload = upcast = False
-    if sharded:
-        plugin = accelerator.state.fsdp_plugin
-        offload = plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
-        upcast = accelerator.mixed_precision != "no"  # accelerate keeps fp32 master weights then
-    estimate = sharding.model_memory(
-        model, keep_whole if sharded else (), accelerator.num_processes, sharded=sharded, upcast=upcast, offload=offload
-    )
-    if sharded or accelerator.device.type == "cuda":
-        accelerator.print(estimate.describe())
-    elif accelerator.is_main_process:  # CPU runs (the demo, tests): the log, not the console
-        log.info(estimate.describe())
 
 
 # ---------------------------------------------------------------------------- optimisation

@@ -261,7 +261,7 @@ class PPOTrainer(RLTrainer):
             raise ConfigError(
                 f"ppo.rollout_batch_size and ppo.minibatch_size must be multiples of the {self.world} processes"
             )
-        self._setup_optimizer(self._trainable_parameters(), total_iterations)
+        self._setup_optimizer(self._trainable_parameters, total_iterations)
         if settings.adaptive_kl:
             self.kl_controller = ppo_math.AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
         else:
@@ -279,6 +279,16 @@ class PPOTrainer(RLTrainer):
 
     def _models(self) -> list[nn.Module]:
         return [self.policy.model, self.value.lm.model]
+
+    def _shardable(self) -> dict[str, nn.Module]:  # FSDP2: the value base holds the frozen RM too
+        return {**super()._shardable(), "value": self.value.lm.model, "value_head": self.value.head}
+
+    def _bases(self) -> list[VideoLM]:
+        return [self.policy, self.value.lm]
+
+    def _take_full(self, full: nn.ModuleDict) -> None:
+        super()._take_full(full)
+        self.value.lm.model, self.value.head = full["value"], full["value_head"]
 
     # ------------------------------------------------------------------------ the value and reward passes
 
@@ -382,7 +392,7 @@ class PPOTrainer(RLTrainer):
                     members = order[start : start + local_minibatch]
                     for micro in range(0, len(members), s.micro_batch_size):
                         micro_members = members[micro : micro + s.micro_batch_size]
-                        loss, stats = self.loss(rollouts, micro_members)
+                        loss, stats = self._through_root(self.loss, rollouts, micro_members)
                         # The minibatch's gradient: micro-batches weighted by their share of its rollouts.
                         (loss * len(micro_members) / len(members)).backward()
                         for key, value in stats.items():
@@ -404,7 +414,7 @@ class PPOTrainer(RLTrainer):
         lr = self.scheduler.get_last_lr()[0]
         update_stats = self.update(rollouts, iteration)
         self.scheduler.step()
-        self.engine.update_policy()
+        self.update_engine()
         finished = time.time()
 
         metrics = self._rollout_metrics(rollouts)
@@ -496,6 +506,7 @@ def run_ppo(config: PPOConfig, *, reward_fn: RewardFn | None = None, overwrite: 
         if settings.save_every and (done % settings.save_every == 0 or done == len(plan)):
             trainer.save_checkpoint(out / "checkpoints", done, settings.keep_checkpoints, layout)
 
+    trainer.consolidate()  # FSDP2: the full weights, on the main process
     history = read_metrics(out / "metrics.jsonl") if rl.is_main else []
     init_summary = rl.init_summary
     summary = {

@@ -47,6 +47,7 @@ from vlm_rlaif.train.data import (
     skipped_summary,
 )
 from vlm_rlaif.train.loop import TrainSettings
+from vlm_rlaif.train.sharding import is_sharded
 from vlm_rlaif.train.tracking import LoggingSettings
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,12 @@ def load_policy(
             config, policy, init_dir, accelerator,
             records=init.init if init else None, skipped=init.init_skipped if init else (),
         )
+        if is_sharded(accelerator):
+            # FSDP2 sharded the initialisation's model in place (train/loop.py): drop it and its
+            # optimizer, and start again from what the initialisation saved, as a resumed run does.
+            del policy
+            accelerator.free_memory()
+            return load_policy(config, out, accelerator, cache, rl_data)
         if not full:
             policy.load_lora(init_dir / "adapter", REFERENCE, trainable=False)
     elif config.init.enabled:
@@ -310,8 +317,10 @@ def initialise_policy(
     plan = batch_plan(range(len(dataset)), settings.batch_size, epochs=1, seed=settings.seed, lengths=lengths)
     result = train(
         policy.model, make_sft_loss(policy), PlannedBatches(plan, dataset, policy.collate), settings,
-        run=run, accelerator=accelerator, desc="policy init",
+        run=run, accelerator=accelerator, desc="policy init", keep_whole=list(policy.visual_modules().values()),
     )
+    if result.consolidated is not None:  # FSDP2: the trained full weights, on the main process
+        policy.model = result.consolidated
     summary = {
         "examples": len(dataset),
         "steps": result.steps,

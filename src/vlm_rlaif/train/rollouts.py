@@ -10,6 +10,14 @@
   checkpoints;
 - the prompt plan, the learning-rate schedule and the released code's "?" stop.
 Every collective goes through train/collectives.py on the accelerator's device.
+
+FSDP2 (an accelerate launch with recipes/accelerate/fsdp2-8gpu.yaml; train/sharding.py): what trains
+is sharded by accelerate inside one root (sharding.CallRoot: the policy's model, in PPO also the
+value model and its head; the visual paths stay whole) and every pass runs inside the root's forward.
+Sampling with the HF engine keeps the units' full parameters for the whole generation
+(sharding.kept_unsharded). The reference is the shared sharded base (LoRA) or a whole frozen copy on
+every process (full fine-tuning), as DPO's. Checkpoints are sharded (accelerate's save_state); the
+policy a server loads is saved from the gathered weights; the final models are consolidated.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ from vlm_rlaif.data.frames import FrameStore
 from vlm_rlaif.errors import ConfigError, UserError
 from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
 from vlm_rlaif.models.feature_cache import FeatureCache
-from vlm_rlaif.rollout.engine import RolloutEngine, make_engine
+from vlm_rlaif.rollout.engine import HFEngine, RolloutEngine, make_engine
 from vlm_rlaif.rundir import RunDir, check_inputs, drop_rows_after
-from vlm_rlaif.train import checkpoints, collectives, ppo_math
+from vlm_rlaif.train import checkpoints, collectives, ppo_math, sharding
 from vlm_rlaif.train.ppo_setup import (
     POLICY,
     REFERENCE,
@@ -94,21 +102,16 @@ class RLRun:
         return self.accelerator.is_main_process
 
 
-def refuse_sharding(accelerator, stage: str) -> None:
-    """PPO and GRPO do not shard: each process keeps the whole policy, value model and reference
-    (data parallel). Under an FSDP or DeepSpeed launch config they stop here rather than shard the
-    policy's initialisation (train/loop.py would) and then generate from shards: the HF engine calls
-    generate and the visual path outside any FSDP forward, processes stop generating at different
-    lengths, and the PPO update loop (train/ppo.py) drives no FSDP wrapper. runtime.engine openai
-    moves generation to a server but the updates still hold the whole model on each process."""
+def check_sharding(accelerator, stage: str) -> bool:
+    """Whether this run shards with FSDP2 (see the module docstring); DeepSpeed and FSDP1 are refused."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            f"{stage} does not shard the policy (FSDP / DeepSpeed): launch it with a data-parallel config, "
-            "e.g. accelerate launch --config_file recipes/accelerate/ddp-8gpu.yaml, with LoRA for 7B models; "
-            "FSDP2 covers sft, rm and dpo"
+            f"{stage} does not run under DeepSpeed (its engine would own the forward and the optimizer step): "
+            "launch with recipes/accelerate/fsdp2-8gpu.yaml (FSDP2) or recipes/accelerate/ddp-8gpu.yaml"
         )
+    return sharding.is_sharded(accelerator)
 
 
 def open_rl_run(config: RLConfig, stage: str, *, overwrite: bool = False) -> RLRun:
@@ -119,7 +122,7 @@ def open_rl_run(config: RLConfig, stage: str, *, overwrite: bool = False) -> RLR
     runtime = config.runtime
     # Without a GPU, cpu=True is what makes accelerate join `accelerate launch`'s CPU processes (gloo).
     accelerator = Accelerator(cpu=runtime.cpu or not torch.cuda.is_available(), mixed_precision=runtime.mixed_precision)
-    refuse_sharding(accelerator, stage)
+    check_sharding(accelerator, stage)
     out = Path(config.out)
     check_inputs(stage, config.inputs())
     rl_data = read_rl_data(config)
@@ -250,15 +253,33 @@ class RLTrainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.question_marks = question_mark_ids(policy.tokenizer) if settings.stop_at_question_mark else set()
+        self.root: sharding.CallRoot | None = None  # FSDP2 (see the module docstring)
 
-    def _setup_optimizer(self, named_parameters: dict[str, nn.Parameter], total_iterations: int) -> None:
-        self.named_parameters = named_parameters
-        self.parameters = list(named_parameters.values())
+    def _setup_optimizer(self, collect: Callable[[], dict[str, nn.Parameter]], total_iterations: int) -> None:
+        """AdamW over collect()'s parameters (what trains, by a stable name); under FSDP2 the models
+        are sharded first and collect() is read again (the parameters are then sharded ones)."""
+        named = collect()
         with torch.no_grad():  # every process starts from the main process's weights
-            for p in self.parameters:
+            for p in named.values():
                 collectives.broadcast_(p.data, src=0, device=self.accelerator.device)
         s = self.settings
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=s.lr, weight_decay=s.weight_decay)
+        optimizer = torch.optim.AdamW(list(named.values()), lr=s.lr, weight_decay=s.weight_decay)
+        sharded = sharding.is_sharded(self.accelerator)
+        shardable = nn.ModuleDict(self._shardable())
+        keep_whole = [m for lm in self._bases() for m in lm.visual_modules().values()]
+        # The estimate counts a full fine-tuning reference copy too (whole on every process).
+        copies = {"reference": self.reference.model} if self.reference is not None else {}
+        sharding.report_expected_memory(
+            nn.ModuleDict({**shardable, **copies}), keep_whole + list(copies.values()), self.accelerator, sharded
+        )
+        if sharded:
+            self.skeleton = sharding.meta_copy(shardable) if self.accelerator.is_main_process else None
+            self.root, optimizer = sharding.shard(self.accelerator, sharding.CallRoot(shardable, keep_whole), optimizer, keep_whole)
+            named = collect()
+            self._sharded_parameters, self._whole_parameters = sharding.split_parameters(named.values())
+        self.named_parameters = named
+        self.parameters = list(named.values())
+        self.optimizer = optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(s, total_iterations))
 
     # ------------------------------------------------------------------------ models
@@ -282,6 +303,36 @@ class RLTrainer:
     def _models(self) -> list[nn.Module]:
         """The modules that switch between train and eval mode (PPO adds the value base)."""
         return [self.policy.model]
+
+    def _shardable(self) -> dict[str, nn.Module]:
+        """What FSDP2 shards, by name in the root (PPO adds the value model and its head)."""
+        return {"policy": self.policy.model}
+
+    def _bases(self) -> list[VideoLM]:
+        """The models whose visual paths stay whole under FSDP2 (PPO adds the value base)."""
+        return [self.policy]
+
+    def _through_root(self, fn: Callable, *args):
+        """fn(*args); under FSDP2 inside the root's forward, where the units gather their parameters
+        (every process makes the same calls)."""
+        return fn(*args) if self.root is None else self.root(fn, *args)
+
+    def update_engine(self) -> None:
+        """The engine's update_policy after the weights changed, on every process: under FSDP2 an
+        engine that saves the policy adapter (for a server) gathers it from the shards there
+        (VideoLM.save_lora: the full fp32 tensors of the adapter alone), which takes every process."""
+        self.engine.update_policy()
+
+    def consolidate(self) -> None:
+        """Under FSDP2 (every process calls this, after training): the main process's models get
+        the trained full weights on the CPU (sharding.consolidate), so they save as usual."""
+        if self.root is not None:
+            full = sharding.consolidate(self.accelerator, self.root, self.skeleton)
+            if full is not None:
+                self._take_full(full)
+
+    def _take_full(self, full: nn.ModuleDict) -> None:
+        self.policy.model = full["policy"]
 
     @contextmanager
     def _reference_model(self) -> Iterator[VideoLM]:
@@ -324,7 +375,15 @@ class RLTrainer:
             seed=derived_seed(self.seed, iteration, self.rank),
         )
         self._activate_policy()
-        generations = self.engine.generate(examples, generation)
+        if self.root is not None and isinstance(self.engine, HFEngine):
+            # Under FSDP2 every process must run the same forwards while a unit's parameters are
+            # gathered in its forward, but processes stop sampling at different lengths. The units
+            # keep their full parameters for the whole generation instead (one all-gather each, not
+            # one per token: the policy's whole weights on every GPU while sampling, as data parallel).
+            with sharding.kept_unsharded(self.accelerator, self.root):
+                generations = self.root(self.engine.generate, examples, generation)
+        else:
+            generations = self.engine.generate(examples, generation)
         if s.stop_at_question_mark:
             generations = cut_after_question_mark(generations, self.question_marks, self.policy.tokenizer)
         return generations
@@ -371,17 +430,19 @@ class RLTrainer:
             parts.setdefault(key, []).append(pad_columns(tensor, width) if tensor.dim() == 2 else tensor)
 
         step = self.settings.forward_batch_size
+
+        def chunk(start: int) -> dict[str, torch.Tensor]:
+            chunk_examples = examples[start : start + step]
+            batch = self.policy.collate_with_responses(chunk_examples, responses[start : start + step])
+            self._activate_policy()
+            logprobs, entropy = self.policy_logprobs(self.policy, batch, with_entropy=True)
+            ref_logprobs = self.reference_logprobs(batch) if reference else torch.zeros_like(logprobs)
+            found = {"mask": batch["response_mask"], "logprobs": logprobs, "entropy": entropy, "ref_logprobs": ref_logprobs}
+            return {**found, **(extra(chunk_examples, generations[start : start + step]) if extra else {})}
+
         with self._mode(training=False):
             for start in range(0, len(responses), step):
-                chunk_examples = examples[start : start + step]
-                batch = self.policy.collate_with_responses(chunk_examples, responses[start : start + step])
-                self._activate_policy()
-                logprobs, entropy = self.policy_logprobs(self.policy, batch, with_entropy=True)
-                add("mask", batch["response_mask"])
-                add("logprobs", logprobs)
-                add("entropy", entropy)
-                add("ref_logprobs", self.reference_logprobs(batch) if reference else torch.zeros_like(logprobs))
-                for key, tensor in (extra(chunk_examples, generations[start : start + step]) if extra else {}).items():
+                for key, tensor in self._through_root(chunk, start).items():
                     add(key, tensor)
         out = {key: torch.cat(chunks) for key, chunks in parts.items()}
         out["mask"] = out["mask"].bool()
@@ -391,8 +452,13 @@ class RLTrainer:
 
     def optimizer_step(self) -> float:
         """Average the gradients over processes, clip, step; returns the gradient norm."""
-        self._average_gradients()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm or float("inf"))
+        if self.root is not None:  # FSDP2 averaged the sharded gradients over processes already
+            sharded, whole = self._sharded_parameters, self._whole_parameters
+            sharding.finish_gradients(sharded, whole, self.world, self.world)
+            grad_norm = sharding.clip_gradients(sharded, whole, self.settings.max_grad_norm)
+        else:
+            self._average_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
@@ -437,19 +503,22 @@ class RLTrainer:
         """<directory>/iter_<N>/ (train/checkpoints.py): the trainable parameters by name, optimizer,
         scheduler, every process's RNG and the subclass's state."""
         state = {"iteration": iteration, "num_processes": self.world, **self._checkpoint_state(), **extra}
+        if self.root is not None:  # sharded state (accelerate's save_state); resumed only by FSDP2
+            state["sharded"] = True
         return checkpoints.save_checkpoint(
             directory, CHECKPOINT_PREFIX, iteration, self.named_parameters, self.optimizer, self.scheduler, state,
-            keep, self.accelerator,
+            keep, self.accelerator, sharded=self.root is not None,
         )
 
     def load_checkpoint(self, path: Path, extra: dict) -> int:
         """Restore a checkpoint written by save_checkpoint; returns the iterations it had completed."""
-        expected = {"num_processes": self.world, **extra}
+        expected = {"num_processes": self.world, **extra, "sharded": True if self.root is not None else None}
         state = checkpoints.load_checkpoint(
-            path, self.named_parameters, self.optimizer, self.scheduler, expected, self.rank, inputs="prompts"
+            path, self.named_parameters, self.optimizer, self.scheduler, expected, self.rank, inputs="prompts",
+            accelerator=self.accelerator if self.root is not None else None,
         )
         self._restore_state(state)
-        self.engine.update_policy()
+        self.update_engine()
         return int(state["iteration"])
 
 
@@ -495,6 +564,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "RLRun",
     "RLTrainer",
+    "check_sharding",
     "cut_after_question_mark",
     "derived_seed",
     "lr_multiplier",

@@ -22,7 +22,9 @@ root) and its parameters become DTensors holding 1/N of each tensor. This module
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,31 +33,48 @@ from torch import nn
 from vlm_rlaif.errors import ConfigError
 from vlm_rlaif.train import collectives
 
+log = logging.getLogger(__name__)
 GIB = 1 << 30
 
 
-class LossRoot(nn.Module):
-    """The FSDP root: `forward(batch)` runs the trainer's loss function (see the module docstring).
+class _Root(nn.Module):
+    """The module handed to accelerate (see the module docstring): `model` inside, and accelerate's
+    auto wrap looks for the layer classes in the root's _no_split_modules: those of every
+    transformers model inside that occur outside the modules kept whole (a vision tower's list names
+    text-side classes, which accelerate refuses, and its own blocks: made FSDP units, they would act
+    as roots when the visual path runs outside the root's forward)."""
 
-    Returns (loss, metrics); metrics["loss"] is the loss in float32, since under bf16 mixed precision
-    FSDP2 casts the root's outputs (the returned loss) to bf16."""
-
-    def __init__(self, model: nn.Module, loss_fn, keep_whole: Sequence[nn.Module] = ()):
+    def __init__(self, model: nn.Module, keep_whole: Sequence[nn.Module] = ()):
         super().__init__()
         self.model = model
-        self.loss_fn = loss_fn
-        # accelerate's auto wrap looks for the layer classes in the root's _no_split_modules: those of
-        # every transformers model inside that occur outside the modules kept whole (a vision tower's
-        # list names text-side classes, which accelerate refuses, and its own blocks: made FSDP units,
-        # they would act as roots when the visual path runs outside the root's forward).
         inside = {id(m) for whole in keep_whole for m in whole.modules()}
         present = {type(m).__name__ for m in model.modules() if id(m) not in inside}
         names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
         self._no_split_modules = sorted(names & present)
 
+
+class LossRoot(_Root):
+    """The supervised loop's root: `forward(batch)` runs the trainer's loss function.
+
+    Returns (loss, metrics); metrics["loss"] is the loss in float32, since under bf16 mixed precision
+    FSDP2 casts the root's outputs (the returned loss) to bf16."""
+
+    def __init__(self, model: nn.Module, loss_fn, keep_whole: Sequence[nn.Module] = ()):
+        super().__init__(model, keep_whole)
+        self.loss_fn = loss_fn
+
     def forward(self, batch):
         loss, metrics = self.loss_fn(batch)
         return loss, {**metrics, "loss": loss.detach().float().item()}
+
+
+class CallRoot(_Root):
+    """PPO's and GRPO's root (train/rollouts.py): `forward(fn, *args)` returns fn(*args), so every
+    pass of theirs (sampling, the no-grad scoring passes, the loss) runs inside the root's forward.
+    `model` is an nn.ModuleDict of what is sharded (the policy's model; PPO's value model and head)."""
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
 
 
 def is_sharded(accelerator) -> bool:
@@ -118,6 +137,37 @@ def consolidate(accelerator, root: LossRoot, skeleton: nn.Module | None) -> nn.M
     if not accelerator.is_main_process:
         return None
     return fill(skeleton, state, prefix="model.")
+
+
+def shard(accelerator, root: _Root, optimizer, keep_whole: Sequence[nn.Module] = ()):
+    """accelerate's FSDP2 prepare of `root` (its model: 4-bit weights refused) and its optimizer, with
+    `keep_whole` left unsharded; returns (root, optimizer) as prepared. Every process calls this."""
+    check_shardable(root.model)
+    accelerator.state.fsdp_plugin.ignored_modules = list(keep_whole) or None
+    return accelerator.prepare(root, optimizer)
+
+
+def _fsdp_modules(root: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in root.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def kept_unsharded(accelerator, root: nn.Module) -> Iterator[None]:
+    """Forwards inside the block (through `root`) leave each unit's full parameters in place: the
+    first forward gathers them, later ones run without collectives, so processes may run different
+    numbers of forwards (sampling answers of different lengths). Costs the sharded models' whole
+    parameters on every process until the block ends, when they are resharded."""
+    after = getattr(accelerator.state.fsdp_plugin, "reshard_after_forward", True)
+    root.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        root.set_reshard_after_forward(after if isinstance(after, bool) else True)
+        root.set_reshard_after_forward(False, recurse=False)  # FSDP2's own choice for the root
+        for module in _fsdp_modules(root):
+            module.reshard()
 
 
 def split_parameters(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -226,7 +276,27 @@ def model_memory(model: nn.Module, keep_whole: Sequence[nn.Module], world: int, 
     return expected_memory(tensors, world, sharded=sharded, upcast=upcast, offload=offload)
 
 
+
+def report_expected_memory(model: nn.Module, keep_whole: Sequence[nn.Module], accelerator, sharded: bool) -> MemoryEstimate:
+    """Print (main process) the expected memory per GPU of `model`'s parameters, gradients and AdamW
+    state under this launch (`keep_whole`: not sharded); on CPU runs without sharding (the demo,
+    tests) it goes to the log instead of the console."""
+    offload = upcast = False
+    if sharded:
+        plugin = accelerator.state.fsdp_plugin
+        offload = plugin.cpu_offload is not None and type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
+        upcast = accelerator.mixed_precision != "no"  # accelerate keeps fp32 master weights then
+    estimate = model_memory(
+        model, keep_whole if sharded else (), accelerator.num_processes, sharded=sharded, upcast=upcast, offload=offload
+    )
+    if sharded or accelerator.device.type == "cuda":
+        accelerator.print(estimate.describe())
+    elif accelerator.is_main_process:
+        log.info(estimate.describe())
+    return estimate
+
 __all__ = [
+    "CallRoot",
     "LossRoot",
     "MemoryEstimate",
     "check_shardable",
@@ -237,6 +307,9 @@ __all__ = [
     "finish_gradients",
     "is_sharded",
     "meta_copy",
+    "kept_unsharded",
     "model_memory",
+    "report_expected_memory",
+    "shard",
     "split_parameters",
 ]
