@@ -376,10 +376,12 @@ class RLTrainer:
         )
         self._activate_policy()
         if self.root is not None and isinstance(self.engine, HFEngine):
-            # Under FSDP2 every process must run the same forwards while a unit's parameters are
-            # gathered in its forward, but processes stop sampling at different lengths. The units
-            # keep their full parameters for the whole generation instead (one all-gather each, not
-            # one per token: the policy's whole weights on every GPU while sampling, as data parallel).
+            # Under FSDP2 a unit gathers its parameters in each forward, so every process must run
+            # the same forwards, but processes stop sampling at different lengths. transformers keeps
+            # them stepping together (synced_gpus, on by itself for FSDP-managed models), which alone
+            # would gather every unit once per token. The units keep their full parameters for the
+            # whole generation instead: one all-gather each, at the cost of the policy's whole
+            # weights on every GPU while sampling (as data parallel holds them all the time).
             with sharding.kept_unsharded(self.accelerator, self.root):
                 generations = self.root(self.engine.generate, examples, generation)
         else:
