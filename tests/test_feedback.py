@@ -207,6 +207,35 @@ def test_likelihood_judge_scores_each_answer_after_the_context(lm, root):
     assert mean_answer_logprobs(lm, examples, 4)[0] == pytest.approx(score(asked, "It is red."), abs=1e-4)
 
 
+def test_verify_judge_checks_each_answer_on_its_own(lm, root):
+    """form: verify: each answer's score is log P("Yes") - log P("No") as the first reply token to
+    judge_verify_context (judge_verify without context); P(A) = sigmoid(scale * (score A - score B))."""
+    from vlm_rlaif.feedback.judges import VERIFY_TOKENS, verify_template
+
+    store = FrameStore(root, FrameSampling(FRAMES, CLIP_MAX))
+    frames, key = store.video("videos/v1.mp4")
+    judge = LocalJudge(lm, JudgeSettings(form="verify", verify_scale=1.5), "local:tiny", "v")
+    item = JudgeItem("What colour is the square?", "It is red.", "It is blue.", "Clip 1: a red square", frames, key)
+    swapped = JudgeItem(item.question, item.answer_b, item.answer_a, item.context, frames, key)
+    bare = JudgeItem(item.question, item.answer_a, item.answer_b, None, frames, key)
+    first, second, without = judge.judge([item, swapped, bare])
+
+    def score(with_context, answer):
+        values = {"question": item.question, "answer": answer, **({"context": item.context} if with_context else {})}
+        example = VideoExample([{"role": "user", "content": verify_template(with_context).render(**values)}], frames, key)
+        yes, no = lm.next_token_logprobs([example], VERIFY_TOKENS)[0].tolist()
+        return yes - no
+
+    expected = 1 / (1 + math.exp(-1.5 * (score(True, "It is red.") - score(True, "It is blue."))))
+    assert first.prob_a == pytest.approx(expected, abs=1e-4)
+    assert second.prob_a == pytest.approx(1 - first.prob_a, abs=1e-6)  # no position bias by construction
+    plain = 1 / (1 + math.exp(-1.5 * (score(False, "It is red.") - score(False, "It is blue."))))
+    assert without.prob_a == pytest.approx(plain, abs=1e-4) and without.prob_a != pytest.approx(first.prob_a, abs=1e-6)
+    assert 0 < first.verdict_mass <= 1
+    strict = LocalJudge(lm, JudgeSettings(form="verify", min_verdict_mass=1.01), "local:tiny", "v").judge([item])[0]
+    assert strict.prob_a is None and "P(Yes) + P(No)" in strict.invalid
+
+
 # ---------------------------------------------------------------------- position-bias policies
 
 

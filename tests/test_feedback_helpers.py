@@ -25,7 +25,7 @@ def make_model_dir(directory: Path) -> Path:
         load_prompt("describe_clip").text,
         *QUESTIONS,
         "The red square moves left. The blue circle turns green.",
-    ] * 5 + [f"{prefix} A. It is right.", f"{prefix} B. It is wrong."] * 20
+    ] * 5 + [f"{prefix} A. It is right.", f"{prefix} B. It is wrong.", "ASSISTANT: Yes", "ASSISTANT: No"] * 20
     lm = build_tiny_model("tiny", train_tokenizer(texts, vocab_size=600), frames=FRAMES, seed=3)
     lm.save(directory)
     return directory

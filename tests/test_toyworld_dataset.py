@@ -208,7 +208,7 @@ def test_context_examples_answer_from_the_true_clip_descriptions(tmp_path):
     with_context = make_records(truth, ToyWorldConfig(seed=7, context_per_video=3))
     assert plain["sft/SFT_context.json"] == [] and len(with_context["sft/SFT_context.json"]) == 3
     for name in FILES:
-        if name not in ("sft/SFT_context.json", "sft/SFT_mcq.json"):  # the latter draws after it
+        if name not in ("sft/SFT_context.json", "sft/SFT_mcq.json", "sft/SFT_verify.json"):  # these draw after it
             assert with_context[name] == plain[name], name
     oracle = Oracle()
     head = load_prompt("answer_with_context").text.split("{context}")[0]
@@ -267,7 +267,7 @@ def test_mcq_examples_answer_with_the_letter_the_benchmark_parses():
     with_mcq = make_records(truth, ToyWorldConfig(seed=7, mcq_per_video=2))
     assert plain["sft/SFT_mcq.json"] == [] and len(with_mcq["sft/SFT_mcq.json"]) == 2
     for name in FILES:
-        if name != "sft/SFT_mcq.json":
+        if name not in ("sft/SFT_mcq.json", "sft/SFT_verify.json"):  # the latter draws after it
             assert with_mcq[name] == plain[name], name
     tail = load_prompt("eval_mcq_question").text.split("{options}")[1]
     for record in with_mcq["sft/SFT_mcq.json"]:
@@ -278,3 +278,27 @@ def test_mcq_examples_answer_with_the_letter_the_benchmark_parses():
         picked = options[ord(letter) - ord("A")]
         assert Oracle().check(truth, record["toy"], picked).correct, (question, picked)
         assert not any(Oracle().check(truth, record["toy"], o).correct for o in options if o != picked)
+
+
+def test_verify_examples_say_yes_exactly_to_the_right_answers():
+    """verify_per_video: one answer per record, the reference or a corrupted one, labelled Yes / No
+    as the oracle sees it; even records carry the true clip descriptions (judge_verify_context)."""
+    from vlm_rlaif.prompts import load_prompt
+    from vlm_rlaif.toyworld import make_records, sample_truth
+
+    cfg = ToyWorldConfig(seed=7, verify_per_video=6)
+    oracle, labels = Oracle(), []
+    for index in [i for i in range(60) if split_of(i, cfg) == "sft"][:8]:
+        truth = sample_truth(cfg, index)
+        truth.split = "sft"
+        for record in make_records(truth, cfg)["sft/SFT_verify.json"]:
+            toy, (ask, reply) = record["toy"], record["conversations"]
+            params = toy["params"]
+            labels.append(reply["value"])
+            assert reply["value"] == ("Yes" if params["right"] else "No")
+            verdict = oracle.check(truth, {"qtype": params["base_qtype"], "params": params["base_params"]}, params["answer"])
+            assert verdict.correct == params["right"], record["id"]
+            context_head = load_prompt("judge_verify_context").text.split("{context}")[0]
+            assert ask["value"].startswith("<video>\n" + context_head) == params["context"]
+            assert params["context"] == record["id"].endswith(("_0", "_2", "_4"))
+    assert 0.3 < labels.count("Yes") / len(labels) < 0.7

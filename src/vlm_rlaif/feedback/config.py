@@ -79,9 +79,13 @@ class JudgeSettings:
     # "likelihood" (each answer scored on its own: its mean log-probability per token when the judge
     # is asked the question with the clip context in front, prompt answer_with_context; without
     # context, the bare question). P(A) = sigmoid(likelihood_scale * (score A - score B)). It needs
-    # only reading the context, not comparing two answers, and has no position bias.
-    form: Literal["verdict", "likelihood"] = "verdict"
+    # only reading the context, not comparing two answers, and has no position bias. Or "verify"
+    # (each answer checked against the context on its own: log P("Yes") - log P("No") as the first
+    # reply token to judge_verify_context, judge_verify without context; P(A) = sigmoid(verify_scale
+    # * (score A - score B))): a yes/no check per answer, no comparison, no position bias.
+    form: Literal["verdict", "likelihood", "verify"] = "verdict"
     likelihood_scale: float = 4.0
+    verify_scale: float = 1.0
     model_dir: Path | None = None  # local: default the policy (the paper: the SFT model judges itself)
     batch_size: int = 8
     rationale: bool = False  # local: also generate the judge's reply (greedy) and store it

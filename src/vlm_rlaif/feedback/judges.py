@@ -9,6 +9,9 @@
   log-probability per token of the answer when the judge is asked the question after the clip
   context (answer_with_context; the bare question without context), and P(A) is a sigmoid of the
   difference. Reading a fact off the context is enough for it; comparing is not needed.
+  With `form: verify` it checks each answer on its own against the context (judge_verify_context;
+  judge_verify without context): the score is log P("Yes") - log P("No") as the reply's first
+  token, and P(A) a sigmoid of the difference of the two answers' scores.
 - `openai`: any OpenAI-compatible endpoint. The context goes as text, the frames optionally as images;
   the verdict comes from the top_logprobs at the verdict token when the server gives them, else from a
   strict parse of the reply. A reply without a clear verdict (garbage, truncated, a wrong letter) is
@@ -39,6 +42,7 @@ from vlm_rlaif.models import IGNORE_INDEX, GenerationSettings, VideoExample, Vid
 from vlm_rlaif.prompts import PromptTemplate, load_prompt
 
 VERDICT_TOKENS = (" A", " B")  # what follows the verdict prefix in the judge-skill data
+VERIFY_TOKENS = (" Yes", " No")  # the first token of a verify reply (the toy world's verify examples)
 # Chat endpoints cannot be handed an open assistant turn, so they are told the reply's form.
 REPLY_FORMAT_PROMPT = "openai_judge_reply"
 
@@ -73,6 +77,10 @@ class Judge(Protocol):
 
 def judge_template(with_context: bool) -> PromptTemplate:
     return load_prompt("judge_pairwise_context" if with_context else "judge_pairwise")
+
+
+def verify_template(with_context: bool) -> PromptTemplate:
+    return load_prompt("judge_verify_context" if with_context else "judge_verify")
 
 
 def render_judge_prompt(item: JudgeItem) -> str:
@@ -125,6 +133,8 @@ class LocalJudge:
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         if self.settings.form == "likelihood":
             return self.judge_by_likelihood(items)
+        if self.settings.form == "verify":
+            return self.judge_by_verification(items)
         examples = self.examples(items)
         logprobs = self.lm.next_token_logprobs(
             examples, VERDICT_TOKENS, assistant_prefix=self.prefix, batch_size=self.settings.batch_size
@@ -152,6 +162,37 @@ class LocalJudge:
             difference = self.settings.likelihood_scale * (score_a - score_b)
             verdicts.append(Verdict(two_way_probability(difference, 0.0)))
         return verdicts
+
+
+    def judge_by_verification(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        logprobs = self.lm.next_token_logprobs(verify_examples(items), VERIFY_TOKENS, batch_size=self.settings.batch_size)
+        scores = (logprobs[:, 0] - logprobs[:, 1]).tolist()
+        masses = logprobs.exp().sum(1).tolist()
+        verdicts = []
+        for k in range(len(items)):
+            mass = min(masses[2 * k], masses[2 * k + 1])
+            if below_min_mass(mass, self.settings.min_verdict_mass):
+                verdicts.append(Verdict(None, f"P(Yes) + P(No) = {mass:.3g} is below min_verdict_mass "
+                                              f"{self.settings.min_verdict_mass}", verdict_mass=mass))
+                continue
+            difference = self.settings.verify_scale * (scores[2 * k] - scores[2 * k + 1])
+            verdicts.append(Verdict(two_way_probability(difference, 0.0), verdict_mass=mass))
+        return verdicts
+
+
+def verify_examples(items: Sequence[JudgeItem]) -> list[VideoExample]:
+    """What the verify judge reads: per item, answer A then answer B, each on its own in
+    judge_verify_context (judge_verify when the item has no context)."""
+    examples = []
+    for item in items:
+        template = verify_template(item.context is not None)
+        for answer in (item.answer_a, item.answer_b):
+            values = {"question": item.question, "answer": answer}
+            if item.context is not None:
+                values["context"] = item.context
+            examples.append(VideoExample([{"role": "user", "content": template.render(**values)}],
+                                         item.frames, item.video_key))
+    return examples
 
 
 def likelihood_examples(items: Sequence[JudgeItem]) -> list[VideoExample]:
@@ -288,6 +329,7 @@ def reply_format_id(judge: Judge) -> str | None:
 __all__ = [
     "REPLY_FORMAT_PROMPT",
     "VERDICT_TOKENS",
+    "VERIFY_TOKENS",
     "Judge",
     "JudgeItem",
     "LocalJudge",
@@ -303,4 +345,6 @@ __all__ = [
     "render_judge_prompt",
     "two_way_probability",
     "verdict_position",
+    "verify_examples",
+    "verify_template",
 ]

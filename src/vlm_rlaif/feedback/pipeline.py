@@ -49,6 +49,7 @@ from vlm_rlaif.feedback.judges import (
     judge_template,
     model_dir_version,
     reply_format_id,
+    verify_template,
 )
 from vlm_rlaif.feedback.preferences import STATUSES, decide, preference_record, side
 from vlm_rlaif.models import FeatureCache, VideoExample, VideoLM, load_adapter_model
@@ -323,6 +324,8 @@ def judge_prompt_id(judge: Judge, with_context: bool) -> str:
     if isinstance(judge, LocalJudge) and judge.settings.form == "likelihood":
         return load_prompt("answer_with_context").id if with_context \
             else "question+answer likelihood"
+    if isinstance(judge, LocalJudge) and judge.settings.form == "verify":
+        return verify_template(with_context).id
     template = judge_template(with_context).id
     extra = reply_format_id(judge)
     return f"{template}+{extra}" if extra else template

@@ -65,6 +65,7 @@ class ToyWorldConfig:
     # Short question types of those examples (empty: all): e.g. the ones the pooled video answers badly.
     context_qtypes: list[str] = field(default_factory=list)
     mcq_per_video: int = 1  # SFT questions with lettered options, answered with the letter
+    verify_per_video: int = 2  # SFT answers checked Yes / No (the verify judge's skill), half with context
     feedback_per_video: int = 4  # feedback prompts (questions without answers)
     rl_per_video: int = 4  # RL prompts
     rl_long_fraction: float = 0.5  # share of long-answer RL / feedback prompts
@@ -105,7 +106,7 @@ class ToyWorldConfig:
         need(all(f >= 0 for f in fractions) and abs(sum(fractions) - 1.0) < 1e-6,
              f"split fractions must be >= 0 and sum to 1, got {fractions}")
         for name in ("short_per_video", "long_per_video", "judge_per_video", "context_per_video", "mcq_per_video",
-                     "feedback_per_video", "rl_per_video", "eval_per_video"):
+                     "verify_per_video", "feedback_per_video", "rl_per_video", "eval_per_video"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
 
     @property

@@ -9,6 +9,7 @@ Layout of DIR (paths inside records are relative to DIR):
     sft/SFT_judge.json        judge-skill examples (with and without clip context)
     sft/SFT_context.json      answers read off the true clip descriptions (answer_with_context prompt)
     sft/SFT_mcq.json          short questions with lettered options, answered with the letter
+    sft/SFT_verify.json       one answer (right or corrupted) checked Yes / No, with and without context
     feedback/prompts.json     questions without answers for the AI-feedback stage
     rl/prompts.json           RL prompts; rl/PPO_init.json: the same with reference answers
     eval/vcg_generic.json, eval/vcg_temporal.json, eval/vcg_consistency.json, eval/qa.json,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("sft", "feedback", "rl", "eval")
 FILES = (
     "sft/SFT_short.json", "sft/SFT_long.json", "sft/SFT_clips.json", "sft/SFT_judge.json",
-    "sft/SFT_context.json", "sft/SFT_mcq.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
+    "sft/SFT_context.json", "sft/SFT_mcq.json", "sft/SFT_verify.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
     "eval/vcg_generic.json", "eval/vcg_temporal.json", "eval/vcg_consistency.json", "eval/qa.json",
     "eval/mcq.json",
 )
@@ -166,6 +167,10 @@ def make_records(truth: Truth, cfg: ToyWorldConfig) -> dict[str, list[dict]]:
         # Last, so that the records above draw the same random numbers with or without these.
         out["sft/SFT_context.json"].extend(context_examples(truth, cfg, asker, rng))
         out["sft/SFT_mcq.json"].extend(mcq_examples(truth, cfg, asker, rng))
+        for j in range(cfg.verify_per_video):
+            record = verify_example(truth, cfg, asker, rng, j)
+            if record is not None:
+                out["sft/SFT_verify.json"].append(record)
     elif truth.split in ("feedback", "rl"):
         n = cfg.feedback_per_video if truth.split == "feedback" else cfg.rl_per_video
         n_long = int(rng.binomial(n, cfg.rl_long_fraction))
@@ -182,6 +187,45 @@ def make_records(truth: Truth, cfg: ToyWorldConfig) -> dict[str, list[dict]]:
     return out
 
 
+def _corrupted(qa: QA, rng: np.random.Generator):
+    """One of the question's wrong answers: its own lie (wrong colour, flipped yes/no, ...) most
+    often; the generic ones (an added false event, repetition) less, so they do not crowd out the
+    specific skills."""
+    kinds = sorted({w.corruption for w in qa.wrongs})
+    weights = np.array([_CORRUPTION_WEIGHT.get(c, 2.0 if qa.kind == "short" else 1.0) for c in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+    pool = [w for w in qa.wrongs if w.corruption == kind]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def verify_example(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random.Generator,
+                   k: int) -> dict | None:
+    """A verify example (the verify judge's skill): a question and one answer, the reference or a
+    corrupted one (even odds), answered Yes or No; with the true clip descriptions as context when k
+    is even (judge_verify_context), else without (judge_verify)."""
+    builders = LONG_QTYPES if rng.random() < cfg.judge_long_fraction else SHORT_QTYPES
+    qas = [qa for qa in _pick_qas(asker, builders, 1, rng) if qa.wrongs]
+    if not qas:
+        return None
+    qa = qas[0]
+    right = rng.random() < 0.5
+    wrong = None if right else _corrupted(qa, rng)
+    answer = qa.answer if right else wrong.answer
+    values = {"question": qa.questions[0], "answer": answer}
+    with_context = k % 2 == 0
+    if with_context:
+        values["context"] = format_context(clip_descriptions(truth, rng, cfg.order_gap))
+    prompt = load_prompt("judge_verify_context" if with_context else "judge_verify")
+    return {
+        "id": f"{truth.video_id}_verify_{k}",
+        "video": video_path(truth.video_id),
+        "conversations": [_human(prompt.render(**values)), _gpt("Yes" if right else "No")],
+        "toy": _toy(truth, "verify", {"base_qtype": qa.qtype, "base_params": qa.params, "right": right,
+                                      "corruption": None if right else wrong.corruption,
+                                      "context": with_context, "prompt": prompt.id, "answer": answer}),
+    }
+
+
 def judge_example(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random.Generator,
                   k: int) -> dict | None:
     """A judge-skill example: a question, a correct and a corrupted answer (the better one is A
@@ -193,13 +237,7 @@ def judge_example(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.rando
     if not qas:
         return None
     qa = qas[0]
-    # The question's own lie (wrong colour, flipped yes/no, ...) most often; the generic ones
-    # (an added false event, repetition) less, so they do not crowd out the specific skills.
-    kinds = sorted({w.corruption for w in qa.wrongs})
-    weights = np.array([_CORRUPTION_WEIGHT.get(c, 2.0 if qa.kind == "short" else 1.0) for c in kinds])
-    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
-    pool = [w for w in qa.wrongs if w.corruption == kind]
-    wrong = pool[int(rng.integers(len(pool)))]
+    wrong = _corrupted(qa, rng)
     answer_a, answer_b = (qa.answer, wrong.answer) if better == "A" else (wrong.answer, qa.answer)
     worse = "B" if better == "A" else "A"
     values = {"question": qa.questions[0], "answer_a": answer_a, "answer_b": answer_b}
