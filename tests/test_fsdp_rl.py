@@ -1,5 +1,6 @@
 """PPO and GRPO under FSDP2 (train/rollouts.py, train/sharding.py): 2 gloo CPU processes with the
-shipped FSDP2 config (through test_fsdp's CPU_SHIM) against the same 2 processes data parallel.
+shipped FSDP2 config (through test_fsdp's CPU_SHIM) against the same 2 processes data parallel, and
+GRPO on fixed answers against one process.
 
 Each process samples with a seed of (seed, iteration, process) and shuffles its own minibatches, so a
 1-process run samples other answers and takes other minibatches; 2 data-parallel processes take
@@ -53,7 +54,20 @@ DRIVER = CPU_SHIM + textwrap.dedent(
             self.lm.save_lora(out / f"served_rank{rank}", self.adapter)
 
 
-    module.make_rollout_engine = lambda config, policy, out: SavingEngine(policy, adapter="policy")
+    class FixedEngine(SavingEngine):
+        # Fixed answers, alternating within each group, whatever the process: runs of any size compare.
+        name = "fixed"
+
+        def generate(self, examples, settings):
+            from vlm_rlaif.models.adapter import Generation
+
+            texts = ["The circle is red.", "The circle is blue."]
+            ids = [self.lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.lm.eos_token_id] for t in texts]
+            return [Generation(i, 0, texts[i % 2], ids[i % 2], True) for i in range(len(examples))]
+
+
+    engine = FixedEngine if os.environ.get("FIXED_ANSWERS") == "1" else SavingEngine
+    module.make_rollout_engine = lambda config, policy, out: engine(policy, adapter="policy")
     loss = trainer_class.loss
 
 
@@ -112,7 +126,7 @@ DRIVER = CPU_SHIM + textwrap.dedent(
 )
 
 
-def launch(tmp_path: Path, stage: str, config, *, sharded: bool, port: int, env: dict | None = None):
+def launch(tmp_path: Path, stage: str, config, *, sharded: bool, port: int, env: dict | None = None, processes: int = 2):
     out = Path(config.out)
     config_file = tmp_path / f"{out.name}.json"
     config_file.write_text(json.dumps(to_dict(config)))
@@ -122,7 +136,9 @@ def launch(tmp_path: Path, stage: str, config, *, sharded: bool, port: int, env:
     environment["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--mixed_precision", "no",
                 "--main_process_port", str(port)]
-    if sharded:
+    if processes == 1:
+        launcher = [sys.executable]
+    elif sharded:
         environment["CPU_SHIM"] = "1"
         launcher += ["--config_file", str(FSDP2_CONFIG)]
     else:  # data parallel; without a GPU the processes run on the CPU with gloo
@@ -142,13 +158,13 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_tensors(a: Path, b: Path) -> dict[str, torch.Tensor]:
+def assert_same_tensors(a: Path, b: Path, atol: float = 1e-5) -> dict[str, torch.Tensor]:
     # AdamW after clipped gradients of norm ~40 turns float rounding (another summation order) into
     # ~2e-6 on weights of ~0.1.
     one, other = load_file(a), load_file(b)
     assert one.keys() == other.keys() and one
     for name in one:
-        torch.testing.assert_close(other[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(other[name], one[name], rtol=1e-4, atol=atol, msg=name)
     return one
 
 
@@ -263,3 +279,33 @@ def test_grpo_under_fsdp2_killed_and_resumed_matches_data_parallel(world, tmp_pa
     lm = load_adapter_model(world / "sft_model")
     lm.load_lora(fsdp_out / "policy_adapter", "policy")
     assert lm.adapter_names == ["policy"]
+
+
+def test_grpo_on_fixed_answers_under_fsdp2_matches_one_process(world, tmp_path):  # noqa: F811
+    """With the answers fixed (an engine that does not sample), token-level normalisation and one
+    minibatch per iteration, the update does not depend on how the rollouts are split over
+    processes: 2 sharded processes end with one process's weights."""
+    (tmp_path / "grpo_test_rewards.py").write_text(REWARD_MODULE)
+    sections = {"init": {"enabled": False}, "grpo": {
+        "max_iterations": 2, "prompts_per_iteration": 4, "group_size": 4, "minibatch_size": 16, "micro_batch_size": 4,
+        "loss_normalization": "token", "kl_coef": 0.04}}
+    outs = {}
+    for name, processes in (("single", 1), ("fsdp", 2)):
+        config = grpo_config(world, tmp_path / f"fixed-{name}", **sections)
+        done = launch(tmp_path, "grpo", config, sharded=processes == 2, port=29546, processes=processes,
+                      env={"FIXED_ANSWERS": "1"})
+        assert done.returncode == 0, failure(done)
+        outs[name] = Path(config.out)
+    assert json.loads((outs["fsdp"] / "rank1.json").read_text())["sharded"]
+    single, fsdp = metrics(outs["single"]), metrics(outs["fsdp"])
+    for one, other in zip(single, fsdp):
+        for key in ("reward_score", "rewards_none", "kl", "approx_kl", "grad_norm"):
+            assert other[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    assert single[1]["kl"] > 0  # the policy moved away from its reference in iteration 1
+    # 1 process sums the micro-batches in another order than 2: the gradient norms agree to ~1e-7,
+    # but AdamW's first steps move a weight by about lr = 3e-3 whatever its gradient's
+    # size, which turns that rounding into up to ~5e-5 where a gradient is near 0. The LoRA B
+    # matrices start at 0: the largest moved by ~5e-3.
+    adapter = assert_same_tensors(outs["single"] / "policy_adapter" / "adapter_model.safetensors",
+                                  outs["fsdp"] / "policy_adapter" / "adapter_model.safetensors", atol=1e-4)
+    assert max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k) > 3e-3
