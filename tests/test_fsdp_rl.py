@@ -8,7 +8,8 @@ exactly the steps the sharded ones do, and their gradients are averaged the same
 rewards and responses, and the same trained weights within float tolerance (FSDP2 reduce-scatters
 where data parallelism all-reduces). The PPO run initialises its policy (an SFT run sharded by
 train/loop.py) and samples with an engine that saves the policy adapter after every update, as the
-server engine does; the GRPO run is killed after its first checkpoint (sharded) and resumed."""
+server engine does; the GRPO run is killed after its first checkpoint (sharded) and resumed; GRPO
+with full fine-tuning keeps its reference a whole copy."""
 
 import json
 import os
@@ -51,7 +52,8 @@ DRIVER = CPU_SHIM + textwrap.dedent(
         name = "hf+saved-adapter"
 
         def update_policy(self):
-            self.lm.save_lora(out / f"served_rank{rank}", self.adapter)
+            if self.adapter is not None:  # LoRA: what a server loads
+                self.lm.save_lora(out / f"served_rank{rank}", self.adapter)
 
 
     class FixedEngine(SavingEngine):
@@ -67,7 +69,7 @@ DRIVER = CPU_SHIM + textwrap.dedent(
 
 
     engine = FixedEngine if os.environ.get("FIXED_ANSWERS") == "1" else SavingEngine
-    module.make_rollout_engine = lambda config, policy, out: engine(policy, adapter="policy")
+    module.make_rollout_engine = lambda config, policy, out: engine(policy, adapter="policy" if policy.adapter_names else None)
     loss = trainer_class.loss
 
 
@@ -309,3 +311,28 @@ def test_grpo_on_fixed_answers_under_fsdp2_matches_one_process(world, tmp_path):
     adapter = assert_same_tensors(outs["single"] / "policy_adapter" / "adapter_model.safetensors",
                                   outs["fsdp"] / "policy_adapter" / "adapter_model.safetensors", atol=1e-4)
     assert max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k) > 3e-3
+
+
+def test_grpo_full_fine_tuning_under_fsdp2_keeps_a_whole_reference_and_matches_data_parallel(world, tmp_path):  # noqa: F811
+    """Full fine-tuning: the language model sharded, the frozen reference a whole copy on each process."""
+    (tmp_path / "grpo_test_rewards.py").write_text(REWARD_MODULE)
+    sections = {"policy": {"finetune": "full"}, "init": {"enabled": False},
+                "grpo": {"max_iterations": 2, "prompts_per_iteration": 2, "lr": 1e-3}}
+    outs = {}
+    for name, sharded in (("ddp", False), ("fsdp", True)):
+        config = grpo_config(world, tmp_path / f"full-{name}", **sections)
+        done = launch(tmp_path, "grpo", config, sharded=sharded, port=29547 + sharded)
+        assert done.returncode == 0, failure(done)
+        outs[name] = Path(config.out)
+    assert json.loads((outs["fsdp"] / "rank0.json").read_text())["sharded"]
+    ddp, fsdp = metrics(outs["ddp"]), metrics(outs["fsdp"])
+    assert_sane_and_equal(ddp, fsdp, ("reward_score", "response_length", "kl"), (0.0, 1.0))
+    assert fsdp[0]["kl"] == pytest.approx(0.0, abs=1e-6) and fsdp[1]["kl"] > 0  # the copy stayed behind
+    tuned = assert_same_tensors(outs["ddp"] / "policy_model" / "model.safetensors",
+                                outs["fsdp"] / "policy_model" / "model.safetensors")
+    sft = load_file(world / "sft_model" / "model.safetensors")
+    assert any(not torch.equal(tuned[k], sft[k]) for k in sft)
+
+    from vlm_rlaif.models import load_adapter_model
+
+    assert load_adapter_model(outs["fsdp"] / "policy_model").family == "llava-video"
