@@ -193,7 +193,7 @@ def test_ppo_under_fsdp2_matches_data_parallel(world, tmp_path):  # noqa: F811
                 p.normal_(0, 0.05)
         reward_model.head.linear.weight.normal_(0, 0.5)
     reward_model.save(tmp_path / "rm")
-    sections = {"ppo": {"max_iterations": 2}, "reward": {"model": str(tmp_path / "rm"), "value_init": "reward_model"}}
+    sections = {"ppo": {"max_iterations": 2, "save_every": 1}, "reward": {"model": str(tmp_path / "rm"), "value_init": "reward_model"}}
     ddp_config = ppo_config(world, tmp_path / "ppo-ddp", **sections)
     fsdp_config = ppo_config(world, tmp_path / "ppo-fsdp", **sections)
     ddp = launch(tmp_path, "ppo", ddp_config, sharded=False, port=29541)
@@ -206,6 +206,9 @@ def test_ppo_under_fsdp2_matches_data_parallel(world, tmp_path):  # noqa: F811
     ranks = [json.loads((fsdp_out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["sharded"] for r in ranks)
     assert not json.loads((ddp_out / "rank0.json").read_text())["sharded"]
+    # The sharded initialisation's model and optimizer were dropped: the checkpoint holds PPO's root only.
+    checkpoint = fsdp_out / "checkpoints" / "iter_00000002"
+    assert sorted(p.name for p in checkpoint.iterdir() if p.is_dir()) == ["optimizer_0", "pytorch_model_fsdp_0"]
     # The policy initialisation ran sharded too and saved its adapter from the consolidated weights.
     assert_same_tensors(ddp_out / "policy_init" / "adapter" / "adapter_model.safetensors",
                         fsdp_out / "policy_init" / "adapter" / "adapter_model.safetensors")
