@@ -1,5 +1,5 @@
-"""FSDP2 for the supervised loop (train/loop.py), through accelerate: what sharding needs besides
-accelerate's own `prepare`, and the expected memory per GPU.
+"""FSDP2 for the supervised loop (train/loop.py) and PPO / GRPO (train/rollouts.py), through
+accelerate: what sharding needs besides accelerate's own `prepare`, and the expected memory per GPU.
 
 Launch with a config whose `fsdp_config` says `fsdp_version: 2` (recipes/accelerate/fsdp2-8gpu.yaml).
 accelerate shards the model in place (torch's fully_shard: one unit per decoder layer, found through
@@ -8,7 +8,9 @@ root) and its parameters become DTensors holding 1/N of each tensor. This module
 - `LossRoot`, the module handed to accelerate: the loss functions reach the model through adapter
   methods (a reward head beside the backbone, a reference pass with the adapter disabled), and FSDP2
   gathers a unit's parameters only inside that unit's forward; the root's forward running the whole
-  loss function puts every call inside it;
+  loss function puts every call inside it. PPO and GRPO hand over `CallRoot`, whose forward runs
+  whatever pass it is given (sampling, scoring, the loss); `kept_unsharded` lets processes sample
+  answers of different lengths (each unit gathered once for the whole generation);
 - modules kept whole (`keep_whole`, the trainers pass the frozen visual path): their parameters stay
   ordinary tensors on every process. The visual path runs outside any forward (pooled features are
   computed while batches are collated, and cached per video) and only for batches with a video, so
