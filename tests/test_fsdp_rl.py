@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from test_fsdp import CPU_SHIM, FSDP2_CONFIG, REPO
 from test_grpo import REWARD_MODULE, grpo_config
-from test_ppo import ppo_config, world  # noqa: F401  (world: the shared fixture)
+from test_ppo import ppo_config, save_random_reward_model, world  # noqa: F401  (world: the shared fixture)
 
 from vlm_rlaif.config import to_dict
 
@@ -182,17 +182,8 @@ def test_ppo_under_fsdp2_matches_data_parallel(world, tmp_path):  # noqa: F811
     """The paper's roles: the value model starts from the reward model's LoRA, and the frozen reward
     model scores on the same (sharded) value base."""
     from vlm_rlaif.models import LoraSettings, load_adapter_model
-    from vlm_rlaif.reward import RewardModel
 
-    rm_lm = load_adapter_model(world / "sft_model")
-    torch.manual_seed(2)
-    reward_model = RewardModel.create(rm_lm, LoraSettings(r=8, alpha=16), base_model=world / "sft_model")
-    with torch.no_grad():
-        for name, p in rm_lm.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-        reward_model.head.linear.weight.normal_(0, 0.5)
-    reward_model.save(tmp_path / "rm")
+    save_random_reward_model(world, tmp_path / "rm", LoraSettings(r=8, alpha=16))
     sections = {"ppo": {"max_iterations": 2, "save_every": 1}, "reward": {"model": str(tmp_path / "rm"), "value_init": "reward_model"}}
     ddp_config = ppo_config(world, tmp_path / "ppo-ddp", **sections)
     fsdp_config = ppo_config(world, tmp_path / "ppo-fsdp", **sections)

@@ -85,6 +85,23 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
+def save_random_reward_model(world: Path, out: Path, lora: LoraSettings):
+    """A reward model on the world's SFT model whose LoRA and head are random (not zero), so that
+    it scores answers differently; saved to out. Returns (its language model, the reward model)."""
+    from vlm_rlaif.reward import RewardModel
+
+    rm_lm = load_adapter_model(world / "sft_model")
+    torch.manual_seed(2)
+    reward_model = RewardModel.create(rm_lm, lora, base_model=world / "sft_model")
+    with torch.no_grad():
+        for name, p in rm_lm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        reward_model.head.linear.weight.normal_(0, 0.5)
+    reward_model.save(out)
+    return rm_lm, reward_model
+
+
 def ppo_config(world: Path, out: Path, **sections) -> PPOConfig:
     data = {
         "out": str(out),
@@ -283,15 +300,7 @@ def test_reward_model_scores_and_initialises_the_value_model(world, tmp_path):
 
     from vlm_rlaif.reward import RewardModel
 
-    rm_lm = load_adapter_model(world / "sft_model")
-    torch.manual_seed(2)
-    reward_model = RewardModel.create(rm_lm, LoraSettings(**SMALL_LORA), base_model=world / "sft_model")
-    with torch.no_grad():
-        for name, p in rm_lm.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-        reward_model.head.linear.weight.normal_(0, 0.5)
-    reward_model.save(tmp_path / "rm")
+    rm_lm, reward_model = save_random_reward_model(world, tmp_path / "rm", LoraSettings(**SMALL_LORA))
 
     config = ppo_config(world, tmp_path / "ppo", reward={"model": str(tmp_path / "rm"), "value_init": "reward_model"})
     policy = load_adapter_model(world / "sft_model")

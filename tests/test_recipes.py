@@ -17,7 +17,8 @@ from vlm_rlaif.train.rm import RMConfig
 from vlm_rlaif.train.sft import SFTConfig
 from vlm_rlaif.train.vision_pretrain import VisionPretrainConfig
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(_DIR.glob("*.yaml")) + sorted((_DIR / "ablations").glob("*.yaml"))
 # judge_context has no section of its own: it reruns the feedback section's pairs.
 STAGE_CONFIGS = {
     "toyworld": ToyWorldConfig,
@@ -34,7 +35,8 @@ ANCHOR_SECTIONS = {"model"}
 
 
 def test_the_recipes_are_found():
-    assert {path.name for path in RECIPES} >= {"toy.yaml", "paper-7b.yaml", "qwen2.5-vl-7b.yaml"}
+    assert {path.name for path in RECIPES} >= {"toy.yaml", "paper-7b.yaml", "qwen2.5-vl-7b.yaml", "dense-clips.yaml",
+                                               "dense-clips-verify.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -74,7 +76,7 @@ def test_every_stage_section_loads_with_its_config_class(path, quick, tmp_path):
 
 
 def test_paper_recipe_holds_the_papers_numbers(tmp_path):
-    recipe = Recipe(RECIPES[0].parent / "paper-7b.yaml", {"run_dir": str(tmp_path), "data_dir": "/d"}, {})
+    recipe = Recipe(_DIR / "paper-7b.yaml", {"run_dir": str(tmp_path), "data_dir": "/d"}, {})
     assert recipe.load(PipelineSettings, "pipeline").stages == ["sft", "feedback", "rm", "ppo", "eval"]
 
     sft = recipe.load(SFTConfig, "sft")
@@ -115,7 +117,7 @@ def test_paper_recipe_holds_the_papers_numbers(tmp_path):
 
 def test_a_misspelt_key_in_a_recipe_fails(tmp_path):
     broken = tmp_path / "broken.yaml"
-    text = (RECIPES[0].parent / "paper-7b.yaml").read_text()
+    text = (_DIR / "paper-7b.yaml").read_text()
     broken.write_text(text.replace("clip_max_frames: 20\n  context: true", "clip_max_frame: 20\n  context: true"))
     recipe = Recipe(broken, {"run_dir": str(tmp_path)}, {})
     with pytest.raises(Exception, match="unknown key 'clip_max_frame'; did you mean 'clip_max_frames'"):
