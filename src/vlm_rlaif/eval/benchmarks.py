@@ -15,7 +15,6 @@ Items of the VCG sets have no id in the files: an item's id is its position in t
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,9 @@ from pydantic import BaseModel, ValidationError
 from vlm_rlaif.clients.parsing import InvalidReply, parse_choice
 from vlm_rlaif.data import MCQRecord, QARecord, VCGConsistencyRecord, VCGRecord, iter_raw
 from vlm_rlaif.errors import RecordError
-from vlm_rlaif.prompts import load_prompt
+from vlm_rlaif.prompts import OPTION_LETTERS, format_mcq_question
 
 KINDS = ("vcg_generic", "vcg_temporal", "vcg_consistency", "qa", "mcq")
-OPTION_LETTERS = string.ascii_uppercase
-MCQ_TEMPLATE = "eval_mcq_question"
 
 
 @dataclass
@@ -153,8 +150,7 @@ def model_prompts(item: EvalItem) -> list[str]:
     its lettered options (template eval_mcq_question)."""
     if item.candidates is None:
         return list(item.questions)
-    options = "\n".join(f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(item.candidates))
-    return [load_prompt(MCQ_TEMPLATE).render(question=item.questions[0], options=options)]
+    return [format_mcq_question(item.questions[0], item.candidates)]
 
 
 def parse_option(reply: str, candidates: list[str]) -> str:

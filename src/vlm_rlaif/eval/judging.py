@@ -14,10 +14,10 @@ from pathlib import Path
 
 from vlm_rlaif.clients.parsing import InvalidReply
 from vlm_rlaif.data import JsonlWriter, done_ids, iter_raw
-from vlm_rlaif.eval.benchmarks import MCQ_TEMPLATE, EvalItem, parse_option
+from vlm_rlaif.eval.benchmarks import EvalItem, parse_option
 from vlm_rlaif.eval.criteria import JudgeTask, tasks_for
 from vlm_rlaif.eval.judges import Judge, Judgement
-from vlm_rlaif.prompts import load_prompt
+from vlm_rlaif.prompts import MCQ_TEMPLATE, load_prompt
 
 EXACT_MATCH = "exact_match"
 

@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 
 _DIR = Path(__file__).parent
+OPTION_LETTERS = string.ascii_uppercase  # multiple-choice options are lettered (A) (B) ...
+MCQ_TEMPLATE = "eval_mcq_question"
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,13 @@ def format_context(clip_descriptions: list[str]) -> str:
     on exactly the format it later reads.
     """
     return "\n".join(f"Clip {i}: {d.strip()}" for i, d in enumerate(clip_descriptions, start=1))
+
+
+def format_mcq_question(question: str, candidates: list[str]) -> str:
+    """A question with its lettered options, in the eval_mcq_question template.
+
+    The multiple-choice benchmark asks this and the toy world's multiple-choice SFT examples are
+    written with it, so the model is trained on exactly the format it is evaluated in.
+    """
+    options = "\n".join(f"({OPTION_LETTERS[i]}) {c}" for i, c in enumerate(candidates))
+    return load_prompt(MCQ_TEMPLATE).render(question=question, options=options)

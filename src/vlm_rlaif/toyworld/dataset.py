@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import string
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +43,7 @@ from vlm_rlaif.config import from_dict, to_dict
 from vlm_rlaif.data.jsonio import write_json_array
 from vlm_rlaif.data.records import VIDEO_PLACEHOLDER
 from vlm_rlaif.errors import ConfigError
-from vlm_rlaif.prompts import format_context, load_prompt
+from vlm_rlaif.prompts import OPTION_LETTERS, format_context, format_mcq_question, load_prompt
 from vlm_rlaif.toyworld.config import ToyWorldConfig
 from vlm_rlaif.toyworld.lexicon import BACKGROUND
 from vlm_rlaif.toyworld.describe import Speaker, span_facts, with_sizes
@@ -58,7 +57,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("sft", "feedback", "rl", "eval")
 FILES = (
     "sft/SFT_short.json", "sft/SFT_long.json", "sft/SFT_clips.json", "sft/SFT_judge.json",
-    "sft/SFT_context.json", "sft/SFT_mcq.json", "sft/SFT_verify.json", "feedback/prompts.json", "rl/prompts.json", "rl/PPO_init.json",
+    "sft/SFT_context.json", "sft/SFT_mcq.json", "sft/SFT_verify.json", "feedback/prompts.json", "rl/prompts.json",
+    "rl/PPO_init.json",
     "eval/vcg_generic.json", "eval/vcg_temporal.json", "eval/vcg_consistency.json", "eval/qa.json",
     "eval/mcq.json",
 )
@@ -286,14 +286,12 @@ def mcq_examples(truth: Truth, cfg: ToyWorldConfig, asker: Asker, rng: np.random
     benchmark asks), answered with the letter: the format, on SFT videos only."""
     if not cfg.mcq_per_video:
         return []
-    prompt = load_prompt("eval_mcq_question")
     qas = [qa for qa in _pick_qas(asker, SHORT_QTYPES, cfg.mcq_per_video + 2, rng) if qa.candidates]
     out = []
     for k, qa in enumerate(qas[:cfg.mcq_per_video]):
-        options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(qa.candidates))
-        letter = string.ascii_uppercase[qa.candidates.index(qa.short)]
+        letter = OPTION_LETTERS[qa.candidates.index(qa.short)]
         out.append({"id": f"{truth.video_id}_mcq_{k}", "video": video_path(truth.video_id),
-                    "conversations": [_human(prompt.render(question=qa.questions[0], options=options)), _gpt(letter)],
+                    "conversations": [_human(format_mcq_question(qa.questions[0], qa.candidates)), _gpt(letter)],
                     "toy": _toy(truth, qa)})
     return out
 

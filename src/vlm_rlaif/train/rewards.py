@@ -179,7 +179,8 @@ def oracle_reward(spec: RewardSpec):
 def multiple_choice_reward(reply: str, candidates: list[str], answer: str, where: str) -> float:
     """1.0 when the reply picks the correct option (the letter, or the option whose text is `answer`)."""
     from vlm_rlaif.clients.parsing import InvalidReply
-    from vlm_rlaif.eval.benchmarks import OPTION_LETTERS, parse_option
+    from vlm_rlaif.eval.benchmarks import parse_option
+    from vlm_rlaif.prompts import OPTION_LETTERS
 
     letters = OPTION_LETTERS[: len(candidates)]
     expected = letters[candidates.index(answer)] if answer in candidates else answer
