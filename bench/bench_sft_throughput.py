@@ -30,7 +30,7 @@ from vlm_rlaif.config import load_config
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.models import build_tiny_model, train_tokenizer
 from vlm_rlaif.models.tiny import read_corpus
-from vlm_rlaif.train.data import InstructionDataset, PlannedBatches, batch_plan, read_instruction_file
+from vlm_rlaif.train.data import InstructionDataset, batch_plan, read_instruction_file
 from vlm_rlaif.train.loop import train
 from vlm_rlaif.train.sft import SFTConfig, TinyModelSettings, make_sft_loss
 

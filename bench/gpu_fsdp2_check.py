@@ -54,7 +54,7 @@ def worker(args) -> None:
     """One training run (under accelerate launch): the model at args.model, 4 steps, full fine-tuning."""
     import numpy as np
 
-    from vlm_rlaif.models.adapter import VideoExample
+    from vlm_rlaif.models.examples import VideoExample
     from vlm_rlaif.models.registry import load_adapter_model
     from vlm_rlaif.rundir import RunDir
     from vlm_rlaif.train.loop import TrainSettings, accelerator_for, train

@@ -61,7 +61,7 @@ DRIVER = CPU_SHIM + textwrap.dedent(
         name = "fixed"
 
         def generate(self, examples, settings):
-            from vlm_rlaif.models.adapter import Generation
+            from vlm_rlaif.models.examples import Generation
 
             texts = ["The circle is red.", "The circle is blue."]
             ids = [self.lm.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.lm.eos_token_id] for t in texts]

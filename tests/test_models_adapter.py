@@ -346,7 +346,7 @@ def test_a_prompt_longer_than_the_model_positions_is_refused_before_generation(l
     import time
 
     from vlm_rlaif.models import VideoExample
-    from vlm_rlaif.models.adapter import PromptTooLongError
+    from vlm_rlaif.models.examples import PromptTooLongError
 
     assert lm.max_positions == 2048
     calls = []

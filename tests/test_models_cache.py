@@ -19,7 +19,7 @@ from vlm_rlaif.models import (
     count_visual_calls,
     train_tokenizer,
 )
-from vlm_rlaif.models.adapter import ModelInputError
+from vlm_rlaif.models.examples import ModelInputError
 
 CORPUS = ["What colour is the circle? The circle is red.", "Answer A is better.", "Answer B is better."] * 30
 

@@ -21,7 +21,8 @@ from vlm_rlaif.models import (
     family_of_directory,
     load_adapter_model,
 )
-from vlm_rlaif.models.adapter import MODEL_INFO_FILE, ModelInputError
+from vlm_rlaif.models.adapter import MODEL_INFO_FILE
+from vlm_rlaif.models.examples import ModelInputError
 from vlm_rlaif.models.hf_native import LlavaNextVideoLM, Qwen25VLVideoLM, build_tiny_hf_model
 from vlm_rlaif.models.heads import ScalarHead
 

@@ -7,9 +7,7 @@ import io
 import json
 import logging
 import math
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

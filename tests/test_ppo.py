@@ -467,7 +467,7 @@ def test_full_fine_tuning_keeps_a_frozen_reference_copy(world, tmp_path):
 
 
 def test_stop_at_question_mark_ends_responses_after_the_first_question_mark(world):
-    from vlm_rlaif.models.adapter import Generation
+    from vlm_rlaif.models.examples import Generation
 
     tokenizer = load_adapter_model(world / "sft_model").tokenizer
     eos = tokenizer.eos_token_id

@@ -9,7 +9,7 @@ import yaml
 
 from vlm_rlaif.eval.config import EvalConfig
 from vlm_rlaif.feedback.config import FeedbackConfig
-from vlm_rlaif.pipeline import STAGES, PipelineSettings, Recipe, quick_overrides
+from vlm_rlaif.pipeline import PipelineSettings, Recipe, quick_overrides
 from vlm_rlaif.toyworld import ToyWorldConfig
 from vlm_rlaif.train.grpo import GRPOConfig
 from vlm_rlaif.train.ppo import PPOConfig, PPOSettings

@@ -18,7 +18,7 @@ from vlm_rlaif.config import from_dict
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.models import LoraSettings, VideoExample, build_tiny_model, count_visual_calls, train_tokenizer
-from vlm_rlaif.models.adapter import ModelInputError
+from vlm_rlaif.models.examples import ModelInputError
 from vlm_rlaif.prompts import load_prompt
 from vlm_rlaif.reward import RewardModel, prompt_example
 from vlm_rlaif.rundir import read_metrics

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from vlm_rlaif.errors import UserError
-from vlm_rlaif.models.adapter import ModelInputError, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import ModelInputError, VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import INFO_FILE, ScalarHead, ScalarModel
 from vlm_rlaif.models.lora import LoraSettings

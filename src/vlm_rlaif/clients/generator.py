@@ -39,7 +39,7 @@ import numpy as np
 from vlm_rlaif.clients.images import frames_to_image_parts
 from vlm_rlaif.clients.openai_compat import ChatClient, ChatRequest, ChatResult
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample
+from vlm_rlaif.models.examples import Generation, GenerationSettings, VideoExample
 
 SAMPLE_SEED_STRIDE = 104_729  # a prime: sample s of seed k never asks for sample 0 of another seed
 

@@ -465,7 +465,7 @@ def _eval_section(run_dir: Path, s: dict | None, table: list[dict]) -> list[str]
             off = [mcq_off_format(run_dir, m) for m in models]
             lines.append("| multiple-choice replies naming no option (counted wrong) | "
                          + " | ".join(_share(*o) if o else "n/a" for o in off) + " |" + " |" * len(others))
-    lines += ["", f"Full per-benchmark tables: [eval/results.md](eval/results.md).", ""]
+    lines += ["", "Full per-benchmark tables: [eval/results.md](eval/results.md).", ""]
     if plot_eval(table, models, run_dir / "eval_scores.png", chance_levels(run_dir)):
         lines += ["![SFT vs RLAIF](eval_scores.png)", ""]
     return lines

@@ -25,6 +25,10 @@ How each stage uses it:
 Batches are plain dicts of CPU tensors; `forward` moves them to the model's device. Visual inputs are
 either frames (the trainable path: gradients reach the projector / tower) or pooled features
 (the frozen path: computed once per video under no_grad and kept in `feature_cache`).
+
+The plain data it takes and returns (VideoExample, GenerationSettings, Generation, its errors) lives in
+`models.examples`; the named LoRA adapters (add / load / save / switch / disable / merge) in
+`models.named_adapters`, which VideoLM inherits.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -44,10 +47,21 @@ import torch
 from torch import nn
 
 from vlm_rlaif.errors import ConfigError, UserError
+from vlm_rlaif.models.examples import (
+    Generation,
+    GenerationSettings,
+    ModelInputError,
+    PromptTooLongError,
+    VideoExample,
+    pad_rows,
+    position_ids,
+    seeded,
+    where_of,
+)
 from vlm_rlaif.models.feature_cache import FeatureCache, feature_key, module_fingerprint
-from vlm_rlaif.models.lora import LoraSettings, peft_lora_config, quantization_config, wrapping_in_peft
+from vlm_rlaif.models.lora import quantization_config
+from vlm_rlaif.models.named_adapters import NamedAdapters
 
-IGNORE_INDEX = -100
 MODEL_INFO_FILE = "vlm_rlaif_model.json"
 VisualMode = Literal["auto", "frames", "features"]
 
@@ -57,85 +71,7 @@ _ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_
 _MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-class ModelInputError(UserError, ValueError):
-    """An example, video or request the model cannot take; the message names the example."""
-
-
-class PromptTooLongError(ModelInputError):
-    """A prompt that, with max_new_tokens, does not fit in the model's positions."""
-
-
-@dataclass
-class VideoExample:
-    """One conversation about (at most) one video.
-
-    conversation: [{"role": "system"|"user"|"assistant", "content": str}, ...]; an optional first
-        system turn replaces the family's default system prompt; then user/assistant alternate. The
-        adapter places the video placeholder itself (first in the first user turn).
-    video: uint8 RGB frames (T, H, W, 3), numpy or torch; None for text only, or when the features
-        are already in the feature cache under video_key.
-    video_key: names the video *and its frame sampling* (e.g. "v12@uniform50"; a clip:
-        "v12@uniform50/clip1"). Set it to let the frozen visual path run once per video; None turns
-        caching off for this example.
-    where: names the example's record in errors (default: "example i").
-    """
-
-    conversation: list[dict[str, str]]
-    video: np.ndarray | torch.Tensor | None = None
-    video_key: str | None = None
-    where: str = ""  # the record or request it comes from ("file:line (id x)"), named by errors
-
-
-@dataclass
-class GenerationSettings:
-    """Sampling settings. temperature 0 = greedy; top_k 0 and top_p 1.0 = off (the paper's PPO rollouts
-    use temperature 1.0, top_p 1.0; its evaluation temperature 0.2, 512 new tokens).
-
-    cache_implementation: transformers' KV-cache kind for generate, e.g. "static" (a preallocated
-    cache; with torch.compile it is much faster on GPUs); None = the model's default (dynamic)."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    num_samples: int = 1
-    batch_size: int = 16
-    seed: int | None = None
-    cache_implementation: str | None = None
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1 or self.num_samples < 1 or self.batch_size < 1:
-            raise ConfigError(
-                "max_new_tokens, num_samples and batch_size must be >= 1, got "
-                f"{self.max_new_tokens}, {self.num_samples}, {self.batch_size}"
-            )
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ConfigError(
-                f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"
-            )
-        if self.cache_implementation is not None:
-            from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
-
-            if self.cache_implementation not in ALL_CACHE_IMPLEMENTATIONS:
-                raise ConfigError(
-                    f"unknown cache_implementation {self.cache_implementation!r}; "
-                    f"known: {', '.join(ALL_CACHE_IMPLEMENTATIONS)}"
-                )
-
-
-@dataclass
-class Generation:
-    """One sampled answer. token_ids end with the EOS token when ended_with_eos (PPO scores the EOS
-    token too); text is decoded without it."""
-
-    example_index: int
-    sample_index: int
-    text: str
-    token_ids: list[int]
-    ended_with_eos: bool
-
-
-class VideoLM:
+class VideoLM(NamedAdapters):
     """A video LMM behind the family-independent interface (see the module docstring).
 
     Attributes: `model` (the transformers model, or a peft model wrapping it once LoRA is added),
@@ -348,7 +284,7 @@ class VideoLM:
         items = []
         for i, example in enumerate(examples):
             if id(example) not in done:
-                where = _where(i, example)
+                where = where_of(i, example)
                 if self._takes_features(mode):
                     done[id(example)] = self._features_for(example, where)
                 elif example.video is not None:
@@ -450,7 +386,7 @@ class VideoLM:
         examples' positions in the caller's list, for error messages."""
         rows, labels = [], []
         for i, (example, item) in enumerate(zip(examples, items)):
-            where = _where(indices[i] if indices is not None else i, example)
+            where = where_of(indices[i] if indices is not None else i, example)
             if item is None:
                 num_tokens = None
             else:
@@ -462,7 +398,7 @@ class VideoLM:
                 ids, row_labels = self._truncate(ids, row_labels, max_length, add_generation_prompt, where)
             rows.append(ids)
             labels.append(row_labels)
-        batch = _pad_rows(rows, labels if with_labels else None, self.pad_token_id, padding_side)
+        batch = pad_rows(rows, labels if with_labels else None, self.pad_token_id, padding_side)
         batch.update(self._visual_batch(items, mode))
         return batch
 
@@ -486,12 +422,12 @@ class VideoLM:
         for row, response in enumerate(responses):
             response = torch.as_tensor(list(response), dtype=torch.long)
             if bool((response == self.video_token_id).any()):
-                raise ModelInputError(f"{_where(row, examples[row])}: the response holds the video token")
+                raise ModelInputError(f"{where_of(row, examples[row])}: the response holds the video token")
             response_ids[row, : len(response)] = response
             response_mask[row, : len(response)] = True
         batch["input_ids"] = torch.cat([batch["input_ids"], response_ids], dim=1)
         batch["attention_mask"] = torch.cat([batch["attention_mask"], response_mask.long()], dim=1)
-        batch["position_ids"] = _position_ids(batch["attention_mask"])
+        batch["position_ids"] = position_ids(batch["attention_mask"])
         batch["response_mask"] = response_mask
         return batch
 
@@ -647,7 +583,7 @@ class VideoLM:
         settings = settings or GenerationSettings()
         config = self.generation_config(settings)
         for i, example in enumerate(examples):  # a huge text is refused before anything is encoded
-            self.check_prompt_length(example, settings.max_new_tokens, _where(i, example))
+            self.check_prompt_length(example, settings.max_new_tokens, where_of(i, example))
         features = self._visual_items(examples, "features")
         jobs = [(i, s) for i in range(len(examples)) for s in range(settings.num_samples)]
         results: list[Generation] = []
@@ -745,114 +681,6 @@ class VideoLM:
         model.requires_grad_(False)
         return type(self)(model, self.processor, feature_cache=self.feature_cache)
 
-    # ---------------------------------------------------------------- LoRA (peft)
-
-    @property
-    def adapter_names(self) -> list[str]:
-        return list(self._lora_trainable)
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self.unwrapped_model.active_adapter if self.adapter_names else None
-
-    def _peft_config(self, settings: LoraSettings):
-        visual = self.visual_modules()
-        names = {id(module): name for name, module in self.base_model.named_modules()}
-        modules_to_save = []
-        if settings.train_projector:
-            modules_to_save.append(names[id(visual["projector"])].rsplit(".", 1)[-1])
-        if settings.train_vision_tower:
-            modules_to_save.append(names[id(visual["vision_tower"])].rsplit(".", 1)[-1])
-        return peft_lora_config(settings, self.lora_targets(settings.targets), modules_to_save)
-
-    def add_lora(self, name: str, settings: LoraSettings) -> None:
-        """Add a new trainable LoRA adapter and make it the active one."""
-        from peft import get_peft_model
-
-        if name in self._lora_trainable:
-            raise ConfigError(f"a LoRA adapter named {name!r} already exists")
-        config = self._peft_config(settings)
-        if getattr(self.base_model, "is_loaded_in_4bit", False) and not self.adapter_names:
-            from peft import prepare_model_for_kbit_training
-
-            self.model = prepare_model_for_kbit_training(self.model)
-        if self.adapter_names:
-            self.unwrapped_model.add_adapter(name, config)
-        else:
-            with wrapping_in_peft():
-                self.model = get_peft_model(self.model, config, adapter_name=name)
-        self._lora_trainable[name] = True
-        self.set_adapter(name)
-
-    def load_lora(self, directory: str | os.PathLike, name: str, *, trainable: bool = False) -> None:
-        """Load a LoRA adapter saved by `save_lora` under `name` and make it active.
-
-        trainable=True continues training it (e.g. the value model initialised from the reward model)."""
-        from peft import PeftModel
-
-        directory = Path(directory)
-        if not (directory / "adapter_config.json").is_file():
-            raise UserError(f"{directory} is not a LoRA adapter directory (no adapter_config.json)")
-        if name in self._lora_trainable:
-            raise ConfigError(f"a LoRA adapter named {name!r} already exists")
-        if self.adapter_names:
-            self.unwrapped_model.load_adapter(str(directory), adapter_name=name, is_trainable=trainable)
-        else:
-            with wrapping_in_peft():
-                self.model = PeftModel.from_pretrained(
-                    self.model, str(directory), adapter_name=name, is_trainable=trainable
-                )
-        self._lora_trainable[name] = trainable
-        self.set_adapter(name)
-
-    def save_lora(self, directory: str | os.PathLike, name: str | None = None) -> None:
-        """Save one adapter (default: the active one) as adapter_config.json + adapter_model.safetensors.
-        Under FSDP2 (sharded DTensor weights) each tensor is gathered whole first: a collective, so
-        every process saves it together (PPO's rollout engines do)."""
-        from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        name = name or self.active_adapter
-        if name not in self._lora_trainable:
-            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self.unwrapped_model, adapter_name=name)
-        save_file({k: _whole(v).detach().cpu().contiguous() for k, v in state.items()}, directory / "adapter_model.safetensors")
-        self.unwrapped_model.peft_config[name].save_pretrained(str(directory))
-
-    def delete_lora(self, name: str) -> None:
-        """Drop an adapter (e.g. a server's previous policy version); another one, if any, becomes active."""
-        if name not in self._lora_trainable:
-            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
-        del self._lora_trainable[name]
-        if not self.adapter_names:  # the last one: back to the bare model (peft keeps empty LoRA layers)
-            self.model = self.unwrapped_model.unload()
-            return
-        self.unwrapped_model.delete_adapter(name)
-        self.set_adapter(self.adapter_names[-1])
-
-    def set_adapter(self, name: str) -> None:
-        """Make a named adapter the active one (trainable only if it was added or loaded trainable)."""
-        if name not in self._lora_trainable:
-            raise ConfigError(f"no LoRA adapter named {name!r}; attached: {self.adapter_names}")
-        self.unwrapped_model.set_adapter(name, inference_mode=not self._lora_trainable[name])
-
-    @contextmanager
-    def adapter_disabled(self) -> Iterator[None]:
-        """Run the bare base model (the LoRA reference policy) inside this block."""
-        if not self.adapter_names:
-            raise UserError("no LoRA adapter is attached; under full fine-tuning use frozen_copy() as the reference")
-        with self.unwrapped_model.disable_adapter():
-            yield
-
-    def merge_lora(self) -> None:
-        """Fold the active adapter into the base weights and drop all adapters (e.g. after SFT)."""
-        if not self.adapter_names:
-            raise UserError("no LoRA adapter to merge")
-        self.model = self.unwrapped_model.merge_and_unload(adapter_names=[self.active_adapter])
-        self._lora_trainable.clear()
-
     # ---------------------------------------------------------------- save / load
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -897,13 +725,6 @@ class VideoLM:
         return cls(model.eval(), processor, feature_cache=feature_cache)
 
 
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """The full tensor of an FSDP2 shard (a DTensor; every process must ask for it), else the tensor."""
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """"bfloat16" -> torch.bfloat16 (a torch.dtype passes through); anything else is a ConfigError."""
     if isinstance(dtype, torch.dtype):
@@ -914,59 +735,4 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return value
 
 
-def _where(index: int, example: VideoExample) -> str:
-    if example.where:
-        return example.where
-    return f"example {index}" + (f" (video_key {example.video_key!r})" if example.video_key else "")
-
-
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def _pad_rows(
-    rows: list[list[int]], labels: list[list[int]] | None, pad_id: int, side: str
-) -> dict[str, torch.Tensor]:
-    if not rows:
-        raise ModelInputError("no examples to collate")
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for r, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        input_ids[r, span] = torch.tensor(row, dtype=torch.long)
-        attention_mask[r, span] = 1
-        if labels is not None:
-            label_tensor[r, span] = torch.tensor(labels[r], dtype=torch.long)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": _position_ids(attention_mask)}
-    if labels is not None:
-        batch["labels"] = label_tensor
-    return batch
-
-
-@contextmanager
-def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Reproducible sampling without disturbing the caller's random state (None: no seeding)."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-__all__ = [
-    "IGNORE_INDEX",
-    "MODEL_INFO_FILE",
-    "Generation",
-    "GenerationSettings",
-    "ModelInputError",
-    "PromptTooLongError",
-    "VideoExample",
-    "VideoLM",
-    "resolve_dtype",
-    "seeded",
-]
+__all__ = ["MODEL_INFO_FILE", "VideoLM", "resolve_dtype"]

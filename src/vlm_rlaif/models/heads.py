@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlm_rlaif.errors import UserError
-from vlm_rlaif.models.adapter import VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import VideoExample
 from vlm_rlaif.models.registry import load_adapter_model
 
 HEAD_FILE = "scalar_head.safetensors"

@@ -21,7 +21,8 @@ from typing import Literal, Protocol
 
 from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, GenerationSettings, VideoExample
 
 EngineKind = Literal["hf", "vllm", "openai"]
 

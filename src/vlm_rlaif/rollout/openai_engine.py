@@ -25,7 +25,8 @@ import httpx
 
 from vlm_rlaif.clients.generator import GeneratorSettings, OpenAIGenerator
 from vlm_rlaif.errors import UserError
-from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, GenerationSettings, VideoExample
 
 
 class OpenAIEngine:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from vlm_rlaif.errors import UserError
-from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, GenerationSettings, VideoExample
 
 
 class VLLMEngine:

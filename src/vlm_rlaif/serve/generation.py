@@ -16,7 +16,7 @@ from functools import cache
 import torch
 
 from vlm_rlaif.models import GenerationSettings, VideoExample, VideoLM
-from vlm_rlaif.models.adapter import seeded
+from vlm_rlaif.models.examples import seeded
 
 DEFAULT_FRAMES = 8  # when the model records no frame count of its own
 

@@ -10,8 +10,8 @@ models trained from scratch, and the oracle measures what RLAIF changed.
 
 Modules: config (ToyWorldConfig), world (sampling the truth), render (frames), describe (facts and
 the English grammar), questions (question types with reference and wrong answers), corrupt (wrong
-long answers), dataset (files on disk), parse and oracle (reading and checking answers), lexicon
-(the words of both sides).
+long answers), dataset (files on disk), normalise, parse and oracle (reading and checking answers),
+lexicon (the words of both sides).
 
 Why clip-level descriptions know more than the whole video (the paper's point, made measurable).
 The model sees a video as pooled visual tokens: T temporal tokens (each frame's patch features

@@ -35,7 +35,7 @@ from vlm_rlaif.data.jsonio import iter_raw
 from vlm_rlaif.data.paths import resolve_video_source
 from vlm_rlaif.data.records import InstructionRecord, to_messages
 from vlm_rlaif.errors import RecordError, UserError
-from vlm_rlaif.models.adapter import VideoExample
+from vlm_rlaif.models.examples import VideoExample
 
 if TYPE_CHECKING:
     from vlm_rlaif.train.preference_data import SourcedPreference

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from vlm_rlaif.errors import ConfigError
-from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import IGNORE_INDEX, VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rundir import RunDir, check_inputs

@@ -49,7 +49,8 @@ import torch
 
 from vlm_rlaif.data.jsonio import JsonlWriter
 from vlm_rlaif.errors import ConfigError
-from vlm_rlaif.models.adapter import Generation, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, VideoExample
 from vlm_rlaif.rollout.engine import RolloutEngine
 from vlm_rlaif.rundir import read_metrics
 from vlm_rlaif.train import collectives, ppo_math

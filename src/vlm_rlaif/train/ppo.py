@@ -54,7 +54,8 @@ from torch import nn
 
 from vlm_rlaif.data.jsonio import JsonlWriter
 from vlm_rlaif.errors import ConfigError
-from vlm_rlaif.models.adapter import Generation, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, VideoExample
 from vlm_rlaif.models.heads import ScalarModel
 from vlm_rlaif.rollout.engine import RolloutEngine
 from vlm_rlaif.rundir import read_metrics

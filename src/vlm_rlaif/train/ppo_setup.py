@@ -32,7 +32,8 @@ import torch
 from vlm_rlaif.clients.generator import GeneratorSettings
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
-from vlm_rlaif.models.adapter import VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.heads import ScalarHead, ScalarModel
 from vlm_rlaif.models.lora import LoraSettings

@@ -25,7 +25,8 @@ from pathlib import Path
 from vlm_rlaif.data.frames import FrameSampling, FrameStore, check_on_bad_video
 from vlm_rlaif.data.records import PreferenceRecord, to_messages
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
-from vlm_rlaif.models.adapter import VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import VideoExample
 from vlm_rlaif.train.data import (
     batch_plan,
     check_video_exists,

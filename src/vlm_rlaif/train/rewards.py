@@ -38,7 +38,7 @@ import torch
 
 from vlm_rlaif.errors import ConfigError, RecordError, UserError
 from vlm_rlaif.feedback.config import OpenAISettings
-from vlm_rlaif.models.adapter import VideoExample
+from vlm_rlaif.models.examples import VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.train.ppo_setup import Prompt, share_feature_cache
 

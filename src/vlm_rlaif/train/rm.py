@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from vlm_rlaif.data.frames import FrameSampling, FrameStore
 from vlm_rlaif.data.jsonio import JsonlWriter, iter_raw
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import VideoExample
+from vlm_rlaif.models.examples import VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.reward import MODEL_SUBDIR, FrameSettings, RewardModel

@@ -37,7 +37,8 @@ from torch import nn
 
 from vlm_rlaif.data.frames import FrameStore
 from vlm_rlaif.errors import ConfigError, UserError
-from vlm_rlaif.models.adapter import Generation, GenerationSettings, VideoExample, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import Generation, GenerationSettings, VideoExample
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.rollout.engine import HFEngine, RolloutEngine, make_engine
 from vlm_rlaif.rundir import RunDir, check_inputs, drop_rows_after

@@ -38,7 +38,8 @@ import torch
 
 from vlm_rlaif.data.frames import FrameSampling, FrameStore, check_on_bad_video
 from vlm_rlaif.errors import ConfigError
-from vlm_rlaif.models.adapter import IGNORE_INDEX, VideoLM
+from vlm_rlaif.models.adapter import VideoLM
+from vlm_rlaif.models.examples import IGNORE_INDEX
 from vlm_rlaif.models.feature_cache import FeatureCache
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.rundir import RunDir, check_inputs

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize
 
-from vlm_rlaif.models.adapter import ModelInputError
+from vlm_rlaif.models.examples import ModelInputError
 from vlm_rlaif.models.hf_native.base import HFNativeVideoLM, frames_as_numpy
 from vlm_rlaif.models.lora import LoraSettings
 from vlm_rlaif.models.registry import register_family
